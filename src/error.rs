@@ -1,0 +1,142 @@
+//! Errors returned by the balancer and by endpoint set construction.
+//!
+//! Requests that the balancer cannot route fail in their response future with one of the request
+//! errors below, boxed into a [`BoxError`](crate::BoxError); the endpoint's own errors pass through
+//! unchanged. Use [`downcast_ref`](std::error::Error) on the boxed error to tell them apart.
+//!
+//! Configuration mistakes, such as a weight of zero, are reported when the endpoint set is built or
+//! changed, never later on the request path.
+//!
+//! # Examples
+//!
+//! ```
+//! use tower::{Layer, ServiceExt};
+//! use tower_lb::{error::NoEndpoints, strategy::RoundRobin, BalanceLayer, Endpoints};
+//!
+//! # tokio_test::block_on(async {
+//! let set: Endpoints<&str, tower::util::BoxCloneService<(), (), tower_lb::BoxError>> =
+//!     Endpoints::new();
+//! let balance = BalanceLayer::new(RoundRobin::new()).layer(set);
+//!
+//! let err = balance.oneshot(()).await.unwrap_err();
+//! assert!(err.is::<NoEndpoints>());
+//! assert_eq!(err.to_string(), "the endpoint set is empty");
+//! # });
+//! ```
+
+use std::{error::Error, fmt};
+
+use crate::BoxError;
+
+/// The endpoint set was empty when the request was routed.
+///
+/// The request fails at once; it does not wait for an endpoint to be inserted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NoEndpoints {
+    _priv: (),
+}
+
+impl NoEndpoints {
+    pub(crate) const fn new() -> Self {
+        Self { _priv: () }
+    }
+}
+
+impl fmt::Display for NoEndpoints {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the endpoint set is empty")
+    }
+}
+
+impl Error for NoEndpoints {}
+
+/// Every endpoint the balancer tried failed its readiness check.
+///
+/// The endpoints stay in the set: they are tried again by the next request. [`source`] returns the
+/// readiness error of the last endpoint tried.
+///
+/// [`source`]: Error::source
+#[derive(Debug)]
+pub struct Unavailable {
+    tried: usize,
+    source: Option<BoxError>,
+}
+
+impl Unavailable {
+    pub(crate) fn new(tried: usize, source: Option<BoxError>) -> Self {
+        Self { tried, source }
+    }
+
+    /// How many endpoints were tried before giving up.
+    pub fn tried(&self) -> usize {
+        self.tried
+    }
+}
+
+impl fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "no endpoint is available: {} tried, all failed their readiness check",
+            self.tried
+        )
+    }
+}
+
+impl Error for Unavailable {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        self.source.as_deref().map(|e| e as &(dyn Error + 'static))
+    }
+}
+
+/// An endpoint weight was outside the accepted range.
+///
+/// Weights are integers of at least 1; a weight of 0 is rejected rather than silently treated as
+/// "never pick" or as 1. Remove an endpoint to stop sending it traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InvalidWeight {
+    weight: u32,
+}
+
+impl InvalidWeight {
+    pub(crate) const fn new(weight: u32) -> Self {
+        Self { weight }
+    }
+
+    /// The rejected weight.
+    pub fn weight(&self) -> u32 {
+        self.weight
+    }
+}
+
+impl fmt::Display for InvalidWeight {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "endpoint weight must be at least 1, got {}", self.weight)
+    }
+}
+
+impl Error for InvalidWeight {}
+
+/// `call` was invoked on a [`Balance`](crate::Balance) without a successful `poll_ready` first.
+///
+/// tower requires `poll_ready` to return `Ready(Ok(()))` before each `call`. A clone of a balancer
+/// does not inherit the reservation of the original, so it must be made ready itself. The
+/// balancer fails the request with this error instead of panicking.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NotReady {
+    _priv: (),
+}
+
+impl NotReady {
+    pub(crate) const fn new() -> Self {
+        Self { _priv: () }
+    }
+}
+
+impl fmt::Display for NotReady {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the balancer was called before `poll_ready` returned ready")
+    }
+}
+
+impl Error for NotReady {}

@@ -1,0 +1,84 @@
+use std::fmt;
+
+use tower_layer::Layer;
+
+use crate::{service::DEFAULT_MAX_TRIES, strategy::Strategy, Balance, Endpoints};
+
+/// Builds a [`Balance`] over an endpoint set, for use in a `tower::ServiceBuilder` stack.
+///
+/// The layer holds the strategy's configuration; each balancer it builds gets its own clone of the
+/// strategy, with fresh state. Middleware added above it (timeouts, retries, rate limits) wraps the
+/// balancer, so a retried request is routed again and can land on another endpoint.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use tower::{service_fn, ServiceBuilder, ServiceExt};
+/// use tower_lb::{strategy::RoundRobin, BalanceLayer, Endpoints};
+///
+/// # tokio_test::block_on(async {
+/// let backend = |name: &'static str| service_fn(move |req: String| async move {
+///     Ok::<_, std::convert::Infallible>(format!("{name} handled {req}"))
+/// });
+/// let set = Endpoints::from_iter([("a", backend("a")), ("b", backend("b"))]);
+///
+/// let svc = ServiceBuilder::new()
+///     .timeout(Duration::from_secs(2))
+///     .layer(BalanceLayer::new(RoundRobin::new()))
+///     .service(set);
+///
+/// assert_eq!(svc.clone().oneshot("x".into()).await.unwrap(), "a handled x");
+/// assert_eq!(svc.clone().oneshot("y".into()).await.unwrap(), "b handled y");
+/// # });
+/// ```
+#[derive(Clone)]
+pub struct BalanceLayer<St> {
+    strategy: St,
+    max_tries: usize,
+}
+
+impl<St> BalanceLayer<St> {
+    /// Creates a layer that balances with `strategy`.
+    pub fn new(strategy: St) -> Self {
+        Self {
+            strategy,
+            max_tries: DEFAULT_MAX_TRIES,
+        }
+    }
+
+    /// Sets how many endpoints one request tries in `poll_ready` before the balancer returns
+    /// `Pending` (when some were pending) or fails the request with
+    /// [`Unavailable`](crate::error::Unavailable) (when all failed). Default: 8, or the size of
+    /// the set if smaller.
+    ///
+    /// More tries find a ready endpoint in a set where many are saturated, at the cost of polling
+    /// more endpoints per request in that case. A value of 0 is treated as 1: the strategy's own
+    /// choice is always tried.
+    pub fn max_tries(mut self, max_tries: usize) -> Self {
+        self.max_tries = max_tries.max(1);
+        self
+    }
+}
+
+impl<St, K, S> Layer<Endpoints<K, S>> for BalanceLayer<St>
+where
+    St: Strategy<K> + Clone,
+    K: PartialEq + Clone + Send + Sync + 'static,
+    S: Clone + Send + Sync + 'static,
+{
+    type Service = Balance<St, K, S>;
+
+    fn layer(&self, endpoints: Endpoints<K, S>) -> Self::Service {
+        Balance::with_max_tries(self.strategy.clone(), endpoints, self.max_tries)
+    }
+}
+
+impl<St: fmt::Debug> fmt::Debug for BalanceLayer<St> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BalanceLayer")
+            .field("strategy", &self.strategy)
+            .field("max_tries", &self.max_tries)
+            .finish()
+    }
+}

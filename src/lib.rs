@@ -1,0 +1,77 @@
+//! Client-side load balancing as [tower] middleware.
+//!
+//! `tower-lb` spreads requests across the instances of a backend. Each instance is an endpoint:
+//! any [`Service`](tower_service::Service) that is cheap to clone, such as a `hyper_util` client
+//! bound to one address or a tonic `Channel`. A [`Balance`] sends each request to one endpoint,
+//! picked by a [strategy](strategy), and is itself a `Service`, so timeouts, retries and the rest
+//! of the tower ecosystem compose with it.
+//!
+//! - **Exact distributions**: [`RoundRobin`](strategy::RoundRobin) rotates exactly, across clones
+//!   and threads; [`WeightedRoundRobin`](strategy::WeightedRoundRobin) gives every endpoint its
+//!   weight's share of every period, interleaved as nginx does.
+//! - **Honest readiness**: the chosen endpoint's `poll_ready` is driven before it is called; busy
+//!   endpoints are passed over, failing ones skipped without being dropped from the set.
+//! - **Runtime membership**: an [`Endpoints`] handle inserts, removes and re-weights endpoints from
+//!   any thread while requests flow; requests in flight on a removed endpoint complete.
+//! - **Cheap per request**: picking reads a lock-free snapshot and bumps an atomic cursor; no
+//!   mutex and no heap allocation on the request path. Cloning a `Balance` (as axum does for every
+//!   request) costs one `Arc` clone.
+//! - **Typed failures**: an empty set or a set where nothing is ready fails the request at once
+//!   with an [`error`] you can downcast, never a hang or a panic.
+//!
+//! # Examples
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//! use tower_lb::{strategy::RoundRobin, BalanceLayer, Endpoints};
+//!
+//! # tokio_test::block_on(async {
+//! // Three endpoints; in a real client each would be a connection to one backend instance.
+//! let backend = |name: &'static str| service_fn(move |path: &'static str| async move {
+//!     Ok::<_, std::convert::Infallible>(format!("{name} served {path}"))
+//! });
+//! let endpoints = Endpoints::from_iter([
+//!     ("127.0.0.1:8081", backend("server1")),
+//!     ("127.0.0.1:8082", backend("server2")),
+//!     ("127.0.0.1:8083", backend("server3")),
+//! ]);
+//!
+//! let client = ServiceBuilder::new()
+//!     .timeout(Duration::from_secs(2))
+//!     .layer(BalanceLayer::new(RoundRobin::new()))
+//!     .service(endpoints.clone());
+//!
+//! for expected in ["server1", "server2", "server3", "server1"] {
+//!     let answer = client.clone().oneshot("/image").await.unwrap();
+//!     assert_eq!(answer, format!("{expected} served /image"));
+//! }
+//!
+//! // Membership changes at runtime, through any clone of the handle.
+//! endpoints.remove("127.0.0.1:8082");
+//! assert_eq!(endpoints.len(), 2);
+//! # });
+//! ```
+//!
+//! [tower]: https://docs.rs/tower
+
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub
+)]
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod future;
+pub mod strategy;
+
+mod endpoints;
+mod layer;
+mod service;
+
+pub use self::{endpoints::Endpoints, layer::BalanceLayer, service::Balance};
+
+/// A type-erased error, as returned by [`Balance`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -1,0 +1,313 @@
+use std::{
+    fmt,
+    sync::{Arc, Weak},
+    task::{Context, Poll},
+};
+
+use arc_swap::ArcSwap;
+use tower_service::Service;
+
+use crate::{
+    endpoints::{Members, Watch},
+    error::{NoEndpoints, Unavailable},
+    future::ResponseFuture,
+    strategy::Strategy,
+    BoxError, Endpoints,
+};
+
+/// How many endpoints a request tries by default before the balancer waits or fails.
+pub(crate) const DEFAULT_MAX_TRIES: usize = 8;
+
+/// A load balancer over a set of endpoints: a [`Service`] that sends each request to one endpoint
+/// chosen by the strategy `St`.
+///
+/// Build one with [`BalanceLayer`](crate::BalanceLayer) or [`Balance::new`]. Clones are cheap (one
+/// `Arc` clone) and share everything but a pending reservation: the strategy's state (a round robin
+/// cursor keeps rotating across clones), the endpoint set and its precomputed tables.
+///
+/// # Readiness
+///
+/// `poll_ready` picks the endpoint and drives its readiness: the strategy's choice first, then the
+/// endpoints after it in set order, up to [`max_tries`](crate::BalanceLayer::max_tries)
+/// candidates.
+///
+/// - The first candidate that is ready is reserved for the next `call`, which sends the request to
+///   it. An endpoint is never called before its own `poll_ready` returned `Ready(Ok(()))`.
+/// - A candidate that is not ready is passed over. If no candidate is ready but some are pending,
+///   `poll_ready` returns `Pending` and keeps the pending candidates, so their wake-ups reach the
+///   caller; the next `poll_ready` polls them again (or picks anew if the set changed meanwhile).
+/// - A candidate whose `poll_ready` fails is passed over for this request only: it stays in the
+///   set and is tried again by later requests.
+/// - When the set is empty, or every candidate failed, `poll_ready` still returns `Ready(Ok(()))`
+///   (tower treats an error there as a dead service) and the request fails at once in its response
+///   future with [`NoEndpoints`](crate::error::NoEndpoints) or
+///   [`Unavailable`](crate::error::Unavailable). The balancer never waits for endpoints to appear.
+///
+/// A clone starts without a reservation, so `poll_ready` must be called on the clone itself before
+/// `call`, as tower requires. Calling `call` without a successful `poll_ready` fails the request
+/// with [`NotReady`](crate::error::NotReady) rather than panicking.
+///
+/// # Errors
+///
+/// The endpoints' errors are passed through, boxed into [`BoxError`].
+///
+/// # Examples
+///
+/// ```
+/// use tower::{service_fn, ServiceExt};
+/// use tower_lb::{strategy::RoundRobin, Balance, Endpoints};
+///
+/// # tokio_test::block_on(async {
+/// let set = Endpoints::from_iter((0..3).map(|i| {
+///     (i, service_fn(move |_req: ()| async move { Ok::<_, std::convert::Infallible>(i) }))
+/// }));
+/// let balance = Balance::new(RoundRobin::new(), set);
+///
+/// let mut seen = Vec::new();
+/// for _ in 0..6 {
+///     seen.push(balance.clone().oneshot(()).await.unwrap());
+/// }
+/// assert_eq!(seen, [0, 1, 2, 0, 1, 2]);
+/// # });
+/// ```
+pub struct Balance<St, K, S>
+where
+    St: Strategy<K>,
+{
+    shared: Arc<Shared<St, K, S>>,
+    /// What the next `call` does; set by `poll_ready`.
+    reserved: Reserved<S>,
+    /// Candidates that returned `Pending`, kept so that their wakers stay registered, and the
+    /// membership version they belong to.
+    pending: Vec<S>,
+    pending_version: u64,
+}
+
+enum Reserved<S> {
+    None,
+    Endpoint(S),
+    NoEndpoints,
+    Unavailable { tried: usize, error: Option<BoxError> },
+}
+
+struct Shared<St, K, S>
+where
+    St: Strategy<K>,
+{
+    strategy: St,
+    max_tries: usize,
+    snapshot: ArcSwap<Snapshot<St::Table, K, S>>,
+    /// Keeps the set alive for the [`Balance::endpoints`] handle.
+    endpoints: Endpoints<K, S>,
+}
+
+/// A membership snapshot with the strategy's table for it.
+struct Snapshot<T, K, S> {
+    members: Arc<Members<K, S>>,
+    table: T,
+}
+
+impl<St, K, S> Watch<K, S> for Shared<St, K, S>
+where
+    St: Strategy<K>,
+    K: Send + Sync,
+    S: Send + Sync,
+{
+    fn changed(&self, members: &Arc<Members<K, S>>) {
+        let table = self.strategy.build(&members.list);
+        self.snapshot.store(Arc::new(Snapshot {
+            members: Arc::clone(members),
+            table,
+        }));
+    }
+}
+
+impl<St, K, S> Balance<St, K, S>
+where
+    St: Strategy<K>,
+    K: PartialEq + Clone + Send + Sync + 'static,
+    S: Clone + Send + Sync + 'static,
+{
+    /// Creates a balancer over `endpoints` that picks with `strategy`.
+    ///
+    /// The balancer follows later changes of the set made through any clone of the
+    /// [`Endpoints`] handle.
+    pub fn new(strategy: St, endpoints: Endpoints<K, S>) -> Self {
+        Self::with_max_tries(strategy, endpoints, DEFAULT_MAX_TRIES)
+    }
+
+    pub(crate) fn with_max_tries(strategy: St, endpoints: Endpoints<K, S>, max_tries: usize) -> Self {
+        let empty = Arc::new(Members {
+            list: Box::new([]),
+            version: 0,
+        });
+        let table = strategy.build(&empty.list);
+        let shared = Arc::new(Shared {
+            strategy,
+            max_tries: max_tries.max(1),
+            snapshot: ArcSwap::from_pointee(Snapshot {
+                members: empty,
+                table,
+            }),
+            endpoints: endpoints.clone(),
+        });
+        let weak: Weak<Shared<St, K, S>> = Arc::downgrade(&shared);
+        // Announces the current membership before any change can slip in.
+        endpoints.watch(weak);
+        Self::from_shared(shared)
+    }
+}
+
+impl<St, K, S> Balance<St, K, S>
+where
+    St: Strategy<K>,
+{
+    fn from_shared(shared: Arc<Shared<St, K, S>>) -> Self {
+        Self {
+            shared,
+            reserved: Reserved::None,
+            pending: Vec::new(),
+            pending_version: 0,
+        }
+    }
+
+    /// The endpoint set this balancer follows: changes made through it apply to every clone.
+    pub fn endpoints(&self) -> &Endpoints<K, S> {
+        &self.shared.endpoints
+    }
+
+    /// The strategy, with its shared state.
+    pub fn strategy(&self) -> &St {
+        &self.shared.strategy
+    }
+}
+
+impl<St, K, S> Clone for Balance<St, K, S>
+where
+    St: Strategy<K>,
+{
+    /// Shares the strategy state and the endpoint set; the clone has no reservation of its own.
+    fn clone(&self) -> Self {
+        Self::from_shared(Arc::clone(&self.shared))
+    }
+}
+
+impl<St, K, S, Req> Service<Req> for Balance<St, K, S>
+where
+    St: Strategy<K>,
+    S: Service<Req> + Clone,
+    S::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if !matches!(self.reserved, Reserved::None) {
+            return Poll::Ready(Ok(()));
+        }
+        let snapshot = self.shared.snapshot.load();
+        let members = &snapshot.members;
+
+        if !self.pending.is_empty() {
+            if self.pending_version == members.version {
+                match poll_pending(&mut self.pending, cx) {
+                    Some(Poll::Ready(service)) => {
+                        self.reserved = Reserved::Endpoint(service);
+                        return Poll::Ready(Ok(()));
+                    }
+                    Some(Poll::Pending) => return Poll::Pending,
+                    // Every kept candidate failed: pick anew.
+                    None => {}
+                }
+            } else {
+                self.pending.clear();
+            }
+        }
+
+        let len = members.len();
+        if len == 0 {
+            self.reserved = Reserved::NoEndpoints;
+            return Poll::Ready(Ok(()));
+        }
+        let first = self.shared.strategy.first(&snapshot.table, len);
+        let tries = self.shared.max_tries.min(len);
+        let mut error = None;
+        for step in 0..tries {
+            let mut index = first + step;
+            if index >= len {
+                index -= len;
+            }
+            let mut service = members.list[index].service.clone();
+            match service.poll_ready(cx) {
+                Poll::Ready(Ok(())) => {
+                    self.pending.clear();
+                    self.reserved = Reserved::Endpoint(service);
+                    return Poll::Ready(Ok(()));
+                }
+                Poll::Pending => self.pending.push(service),
+                Poll::Ready(Err(e)) => error = Some(e.into()),
+            }
+        }
+        if !self.pending.is_empty() {
+            self.pending_version = members.version;
+            return Poll::Pending;
+        }
+        self.reserved = Reserved::Unavailable { tried: tries, error };
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        match std::mem::replace(&mut self.reserved, Reserved::None) {
+            Reserved::Endpoint(mut service) => ResponseFuture::called(service.call(request)),
+            Reserved::NoEndpoints => ResponseFuture::failed(NoEndpoints::new().into()),
+            Reserved::Unavailable { tried, error } => {
+                ResponseFuture::failed(Unavailable::new(tried, error).into())
+            }
+            Reserved::None => ResponseFuture::failed(crate::error::NotReady::new().into()),
+        }
+    }
+}
+
+/// Polls the kept candidates: `Some(Ready(service))` for the first that is ready, `Some(Pending)`
+/// if the others are all still pending, `None` if every one failed. Failed ones are dropped.
+fn poll_pending<S, Req>(pending: &mut Vec<S>, cx: &mut Context<'_>) -> Option<Poll<S>>
+where
+    S: Service<Req>,
+{
+    let mut i = 0;
+    while i < pending.len() {
+        match pending[i].poll_ready(cx) {
+            Poll::Ready(Ok(())) => {
+                let service = pending.swap_remove(i);
+                pending.clear();
+                return Some(Poll::Ready(service));
+            }
+            Poll::Ready(Err(_)) => {
+                pending.swap_remove(i);
+            }
+            Poll::Pending => i += 1,
+        }
+    }
+    if pending.is_empty() {
+        None
+    } else {
+        Some(Poll::Pending)
+    }
+}
+
+impl<St, K, S> fmt::Debug for Balance<St, K, S>
+where
+    St: Strategy<K> + fmt::Debug,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let snapshot = self.shared.snapshot.load();
+        f.debug_struct("Balance")
+            .field("strategy", &self.shared.strategy)
+            .field("endpoints", &snapshot.members.len())
+            .field("max_tries", &self.shared.max_tries)
+            .field("reserved", &!matches!(self.reserved, Reserved::None))
+            .field("pending", &self.pending.len())
+            .finish()
+    }
+}
