@@ -87,7 +87,10 @@ enum Reserved<S> {
     None,
     Endpoint(S),
     NoEndpoints,
-    Unavailable { tried: usize, error: Option<BoxError> },
+    Unavailable {
+        tried: usize,
+        error: Option<BoxError>,
+    },
 }
 
 struct Shared<St, K, S>
@@ -136,7 +139,11 @@ where
         Self::with_max_tries(strategy, endpoints, DEFAULT_MAX_TRIES)
     }
 
-    pub(crate) fn with_max_tries(strategy: St, endpoints: Endpoints<K, S>, max_tries: usize) -> Self {
+    pub(crate) fn with_max_tries(
+        strategy: St,
+        endpoints: Endpoints<K, S>,
+        max_tries: usize,
+    ) -> Self {
         let empty = Arc::new(Members {
             list: Box::new([]),
             version: 0,
@@ -253,7 +260,10 @@ where
             self.pending_version = members.version;
             return Poll::Pending;
         }
-        self.reserved = Reserved::Unavailable { tried: tries, error };
+        self.reserved = Reserved::Unavailable {
+            tried: tries,
+            error,
+        };
         Poll::Ready(Ok(()))
     }
 

@@ -21,10 +21,11 @@ const MAX_SCHEDULE_WORK: u64 = 1 << 24;
 /// # Large weights
 ///
 /// A period is as long as the sum of the (reduced) weights. When it exceeds 65,536 picks, or
-/// precomputing it would take more than 2<sup>24</sup> steps, the schedule is not stored: position
-/// `p` of the period instead goes to the endpoint whose cumulative weight range holds
-/// `p × s mod W`, for a stride `s` near `W / φ` that is coprime with the total `W`. Each endpoint
-/// still gets exactly its weight per period, spread across it, in O(log n) per pick and O(n)
+/// precomputing it would take more than 2<sup>24</sup> steps, the schedule is not stored. Instead,
+/// with `W` the total weight and `t` a number near `W / φ` that is coprime with `W`, the `v`-th unit
+/// of weight (endpoint `i` owns the units from the sum of the weights before it, up to its own
+/// weight more) is served at position `v × t mod W` of the period. Each endpoint still gets exactly
+/// its weight per period, evenly spread across it by the golden ratio, in O(log n) per pick and O(n)
 /// memory, but the order is no longer nginx's.
 ///
 /// # Examples
@@ -84,12 +85,14 @@ impl fmt::Debug for WeightedRoundRobin {
 pub enum Schedule {
     /// nginx's smooth sequence, one endpoint index per position.
     Smooth(Box<[u32]>),
-    /// Position `p` maps to the endpoint whose range in `ends` holds `p * stride % total`.
+    /// Unit `v` of weight is served at position `v * t % total`, so position `p` maps to the
+    /// endpoint whose range in `ends` holds `p * inverse % total`, `inverse` being `t`'s inverse
+    /// modulo `total`.
     Stride {
         /// `ends[i]` is the sum of the weights of endpoints `0..=i`.
         ends: Box<[u64]>,
         total: u64,
-        stride: u64,
+        inverse: u64,
     },
 }
 
@@ -115,17 +118,10 @@ impl Schedule {
                 sum
             })
             .collect();
-        // 1/φ spreads consecutive positions evenly over [0, total); coprimality makes p -> p*s a
-        // permutation of the period, so counts stay exact.
-        let mut stride = ((total as f64) * 0.618_033_988_749_894_9) as u64;
-        stride = stride.clamp(1, total.saturating_sub(1).max(1));
-        while gcd(stride, total) != 1 {
-            stride += 1;
-        }
         Self::Stride {
             ends,
             total,
-            stride,
+            inverse: inverse_mod(spreading_step(total), total),
         }
     }
 
@@ -146,10 +142,10 @@ impl Schedule {
             Self::Stride {
                 ends,
                 total,
-                stride,
+                inverse,
             } => {
                 let p = position as u64 % total;
-                let v = (u128::from(p) * u128::from(*stride) % u128::from(*total)) as u64;
+                let v = (u128::from(p) * u128::from(*inverse) % u128::from(*total)) as u64;
                 ends.partition_point(|&end| end <= v)
             }
         }
@@ -159,7 +155,10 @@ impl Schedule {
 /// nginx's smooth weighted round robin over one period: at every step each endpoint's current
 /// weight grows by its weight, the largest (the first of equals) is picked and loses the total.
 fn smooth(weights: &[u32], divisor: u64, total: u64) -> Box<[u32]> {
-    let weights: Vec<i64> = weights.iter().map(|&w| (u64::from(w) / divisor) as i64).collect();
+    let weights: Vec<i64> = weights
+        .iter()
+        .map(|&w| (u64::from(w) / divisor) as i64)
+        .collect();
     let total = total as i64;
     let mut current = vec![0i64; weights.len()];
     (0..total)
@@ -175,6 +174,66 @@ fn smooth(weights: &[u32], divisor: u64, total: u64) -> Box<[u32]> {
             best as u32
         })
         .collect()
+}
+
+/// A step `t`, coprime with `total`, for serving unit `v` of weight at position `v * t % total`.
+///
+/// Both `t / total` and `t⁻¹ / total` should have small partial quotients in their continued
+/// fractions, as the golden ratio has: the first spreads every endpoint's units evenly over the
+/// period, the second keeps the runs of one endpoint at consecutive positions short. Candidates
+/// are tried outward from `total / φ` until one scores as well as can be hoped.
+fn spreading_step(total: u64) -> u64 {
+    if total <= 2 {
+        return 1;
+    }
+    let start = (total as f64 * 0.618_033_988_749_894_9) as u64;
+    let mut best = (u64::MAX, 1);
+    for distance in 0..4096u64 {
+        for t in [
+            start.saturating_add(distance),
+            start.saturating_sub(distance),
+        ] {
+            if t == 0 || t >= total || gcd(t, total) != 1 {
+                continue;
+            }
+            let score = largest_partial_quotient(t, total)
+                .max(largest_partial_quotient(inverse_mod(t, total), total));
+            if score < best.0 {
+                best = (score, t);
+            }
+        }
+        if best.0 <= 3 {
+            break;
+        }
+    }
+    best.1
+}
+
+/// The largest partial quotient of the continued fraction of `a / m` (for `0 < a < m`), past the
+/// leading zero.
+fn largest_partial_quotient(mut a: u64, mut m: u64) -> u64 {
+    let mut largest = 0;
+    (a, m) = (m, a);
+    while m != 0 {
+        largest = largest.max(a / m);
+        (a, m) = (m, a % m);
+    }
+    largest
+}
+
+/// The inverse of `a` modulo `m`, for `a` coprime with `m` (extended Euclid).
+fn inverse_mod(a: u64, m: u64) -> u64 {
+    if m == 1 {
+        return 0;
+    }
+    let (mut old_r, mut r) = (i128::from(a), i128::from(m));
+    let (mut old_s, mut s) = (1i128, 0i128);
+    while r != 0 {
+        let q = old_r / r;
+        (old_r, r) = (r, old_r - q * r);
+        (old_s, s) = (s, old_s - q * s);
+    }
+    old_s.rem_euclid(i128::from(m)) as u64
 }
 
 fn gcd(mut a: u64, mut b: u64) -> u64 {
@@ -205,7 +264,9 @@ mod tests {
     use super::*;
 
     fn names(schedule: &Schedule, n: usize) -> String {
-        (0..n).map(|p| (b'a' + schedule.at(p) as u8) as char).collect()
+        (0..n)
+            .map(|p| (b'a' + schedule.at(p) as u8) as char)
+            .collect()
     }
 
     #[test]
@@ -221,6 +282,13 @@ mod tests {
         let schedule = Schedule::new(&weights);
         assert!(matches!(schedule, Schedule::Stride { .. }));
         assert_eq!(schedule.period(), 2 * u64::from(u32::MAX) - 1 + 7);
+
+        for (a, m) in [(3, 7), (5, 14), (1, 2), (0, 1), (u64::MAX - 1, u64::MAX)] {
+            assert_eq!(
+                (u128::from(a) * u128::from(inverse_mod(a, m))) % u128::from(m),
+                1 % u128::from(m)
+            );
+        }
 
         let small = Schedule::stride(&[3, 1, 4, 1, 5], 1, 14);
         let mut counts = [0; 5];
