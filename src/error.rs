@@ -14,7 +14,7 @@
 //! use tower_lb::{error::NoEndpoints, strategy::RoundRobin, BalanceLayer, Endpoints};
 //!
 //! # tokio_test::block_on(async {
-//! let set: Endpoints<&str, tower::util::BoxCloneService<(), (), tower_lb::BoxError>> =
+//! let set: Endpoints<&str, tower::util::BoxCloneSyncService<(), (), tower_lb::BoxError>> =
 //!     Endpoints::new();
 //! let balance = BalanceLayer::new(RoundRobin::new()).layer(set);
 //!

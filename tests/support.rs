@@ -147,6 +147,7 @@ impl Service<()> for Mock {
         let state = Arc::clone(&self.state);
         Box::pin(async move {
             state.in_flight.fetch_add(1, Ordering::SeqCst);
+            let _in_flight = InFlight(Arc::clone(&state));
             if state.hold.load(Ordering::SeqCst) {
                 let released = state.release.notified();
                 tokio::pin!(released);
@@ -155,13 +156,21 @@ impl Service<()> for Mock {
                     released.await;
                 }
             }
-            state.in_flight.fetch_sub(1, Ordering::SeqCst);
             if state.fail_calls.load(Ordering::SeqCst) {
                 Err(format!("{} failed", state.name).into())
             } else {
                 Ok(state.name)
             }
         })
+    }
+}
+
+/// Counts a response as in flight until it completes or is dropped.
+struct InFlight(Arc<State>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -62,7 +62,7 @@ async fn all_pending_returns_pending_and_wakes_when_one_becomes_ready() {
 async fn pending_balancer_picks_anew_when_the_set_changes() {
     let [a] = mocks(["a"]);
     a.set_readiness(Readiness::Pending);
-    let mut svc = balance(&[a.clone()]);
+    let mut svc = balance(std::slice::from_ref(&a));
 
     let mut ready = task::spawn(());
     assert_pending!(ready.enter(|cx, _| svc.poll_ready(cx)));
