@@ -1,0 +1,129 @@
+//! The request path allocates nothing: with endpoints that do not allocate, routing requests
+//! through `Balance` (ready, call, response) performs no heap allocation.
+
+use std::{
+    alloc::{GlobalAlloc, Layout, System},
+    cell::Cell,
+    convert::Infallible,
+    future::Future,
+    pin::pin,
+    task::{Context, Poll},
+};
+
+use tower::{Layer, Service};
+use tower_lb::{
+    strategy::{RoundRobin, WeightedRoundRobin},
+    BalanceLayer, Endpoints,
+};
+
+/// Counts the allocations made by the current thread while counting is on.
+struct Counting;
+
+thread_local! {
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.with(Cell::get) {
+            ALLOCATIONS.with(|n| n.set(n.get() + 1));
+        }
+        System.alloc(layout)
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if COUNTING.with(Cell::get) {
+            ALLOCATIONS.with(|n| n.set(n.get() + 1));
+        }
+        System.realloc(ptr, layout, new_size)
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+fn allocations_during(f: impl FnOnce()) -> usize {
+    ALLOCATIONS.with(|n| n.set(0));
+    COUNTING.with(|c| c.set(true));
+    f();
+    COUNTING.with(|c| c.set(false));
+    ALLOCATIONS.with(Cell::get)
+}
+
+/// An always-ready endpoint that does not allocate.
+#[derive(Clone)]
+struct Echo;
+
+impl Service<u64> for Echo {
+    type Response = u64;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<u64, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: u64) -> Self::Future {
+        std::future::ready(Ok(req))
+    }
+}
+
+fn route<S>(svc: &mut S, requests: u64, clone_per_request: bool)
+where
+    S: Service<u64, Response = u64> + Clone,
+    S::Error: std::fmt::Debug,
+{
+    let waker = futures_util::task::noop_waker();
+    let mut cx = Context::from_waker(&waker);
+    for i in 0..requests {
+        let mut clone;
+        let svc = if clone_per_request {
+            clone = svc.clone();
+            &mut clone
+        } else {
+            &mut *svc
+        };
+        assert!(matches!(svc.poll_ready(&mut cx), Poll::Ready(Ok(()))));
+        let fut = pin!(svc.call(i));
+        match fut.poll(&mut cx) {
+            Poll::Ready(Ok(answer)) => assert_eq!(answer, i),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn routing_requests_allocates_nothing() {
+    let set = Endpoints::try_from_weighted((0..100u32).map(|i| (i, Echo, 1 + i % 7))).unwrap();
+    let mut round_robin = BalanceLayer::new(RoundRobin::new()).layer(set.clone());
+    let mut weighted = BalanceLayer::new(WeightedRoundRobin::new()).layer(set.clone());
+
+    for clone_per_request in [false, true] {
+        // Warm-up: first use of thread-locals, lazily built state.
+        route(&mut round_robin, 100, clone_per_request);
+        route(&mut weighted, 100, clone_per_request);
+        let allocations = allocations_during(|| route(&mut round_robin, 10_000, clone_per_request));
+        assert_eq!(
+            allocations, 0,
+            "round robin, clone per request: {clone_per_request}"
+        );
+        let allocations = allocations_during(|| route(&mut weighted, 10_000, clone_per_request));
+        assert_eq!(
+            allocations, 0,
+            "weighted, clone per request: {clone_per_request}"
+        );
+    }
+
+    // The counter is live: a change of membership does allocate (a new snapshot), off the
+    // request path.
+    assert!(
+        allocations_during(|| {
+            set.insert(1000, Echo);
+        }) > 0
+    );
+}
