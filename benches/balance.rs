@@ -166,9 +166,6 @@ fn balance(c: &mut Criterion) {
         sanity_check(n);
 
         let mut group = c.benchmark_group(format!("poll_ready_call/N={n}"));
-        group
-            .warm_up_time(Duration::from_secs(1))
-            .measurement_time(Duration::from_secs(3));
 
         bench_service(&mut group, "direct", Endpoint { id: 0 });
         bench_service(&mut group, "tower_lb_round_robin", round_robin(n));
@@ -192,5 +189,12 @@ fn balance(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, balance);
+criterion_group! {
+    name = benches;
+    // Modest times, so that the whole run stays short; command-line options override them.
+    config = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    targets = balance
+}
 criterion_main!(benches);

@@ -1,8 +1,8 @@
 //! Errors returned by the balancer and by endpoint set construction.
 //!
 //! Requests that the balancer cannot route fail in their response future with one of the request
-//! errors below, boxed into a [`BoxError`](crate::BoxError); the endpoint's own errors pass through
-//! unchanged. Use [`downcast_ref`](std::error::Error) on the boxed error to tell them apart.
+//! errors below, boxed into a [`BoxError`]; the endpoint's own errors pass through
+//! unchanged. Use `is` or `downcast_ref` on the boxed error to tell them apart.
 //!
 //! Configuration mistakes, such as a weight of zero, are reported when the endpoint set is built or
 //! changed, never later on the request path.

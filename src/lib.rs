@@ -3,7 +3,7 @@
 //! `tower-lb` spreads requests across the instances of a backend. Each instance is an endpoint:
 //! any [`Service`](tower_service::Service) that is cheap to clone, such as a `hyper_util` client
 //! bound to one address or a tonic `Channel`. A [`Balance`] sends each request to one endpoint,
-//! picked by a [strategy](strategy), and is itself a `Service`, so timeouts, retries and the rest
+//! picked by a [strategy], and is itself a `Service`, so timeouts, retries and the rest
 //! of the tower ecosystem compose with it.
 //!
 //! - **Exact distributions**: [`RoundRobin`](strategy::RoundRobin) rotates exactly, across clones
