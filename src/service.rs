@@ -1,6 +1,9 @@
 use std::{
     fmt,
-    sync::{Arc, Weak},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Weak,
+    },
     task::{Context, Poll},
 };
 
@@ -75,6 +78,12 @@ where
     St: Strategy<K>,
 {
     shared: Arc<Shared<St, K, S>>,
+    /// The snapshot a reused clone routes with, refreshed when the shared version moves on:
+    /// checking it costs one plain load instead of an `ArcSwap` guard. A clone only fills it from
+    /// its second `poll_ready` on, so that a clone made for one request (as axum makes them) pays
+    /// for a guard only, and a clone that is never polled (a router's template) pins no snapshot.
+    cache: Option<Arc<Snapshot<St::Table, K, S>>>,
+    reused: bool,
     /// What the next `call` does; set by `poll_ready`.
     reserved: Reserved<S>,
     /// Candidates that returned `Pending`, kept so that their wakers stay registered, and the
@@ -100,6 +109,8 @@ where
     strategy: St,
     max_tries: usize,
     snapshot: ArcSwap<Snapshot<St::Table, K, S>>,
+    /// The version of the newest snapshot, stored after it is published.
+    version: AtomicU64,
     /// Keeps the set alive for the [`Balance::endpoints`] handle.
     endpoints: Endpoints<K, S>,
 }
@@ -122,6 +133,7 @@ where
             members: Arc::clone(members),
             table,
         }));
+        self.version.store(members.version, Ordering::Release);
     }
 }
 
@@ -156,6 +168,7 @@ where
                 members: empty,
                 table,
             }),
+            version: AtomicU64::new(0),
             endpoints: endpoints.clone(),
         });
         let weak: Weak<Shared<St, K, S>> = Arc::downgrade(&shared);
@@ -172,6 +185,8 @@ where
     fn from_shared(shared: Arc<Shared<St, K, S>>) -> Self {
         Self {
             shared,
+            cache: None,
+            reused: false,
             reserved: Reserved::None,
             pending: Vec::new(),
             pending_version: 0,
@@ -195,7 +210,14 @@ where
 {
     /// Shares the strategy state and the endpoint set; the clone has no reservation of its own.
     fn clone(&self) -> Self {
-        Self::from_shared(Arc::clone(&self.shared))
+        Self {
+            shared: Arc::clone(&self.shared),
+            cache: None,
+            reused: false,
+            reserved: Reserved::None,
+            pending: Vec::new(),
+            pending_version: 0,
+        }
     }
 }
 
@@ -213,7 +235,21 @@ where
         if !matches!(self.reserved, Reserved::None) {
             return Poll::Ready(Ok(()));
         }
-        let snapshot = self.shared.snapshot.load();
+        if self.reused {
+            let version = self.shared.version.load(Ordering::Acquire);
+            if !matches!(&self.cache, Some(c) if c.members.version == version) {
+                self.cache = Some(self.shared.snapshot.load_full());
+            }
+        }
+        let guard;
+        let snapshot: &Snapshot<_, _, _> = match (&self.cache, self.reused) {
+            (Some(cached), true) => cached,
+            _ => {
+                guard = self.shared.snapshot.load();
+                &guard
+            }
+        };
+        self.reused = true;
         let members = &snapshot.members;
 
         if !self.pending.is_empty() {
@@ -311,10 +347,9 @@ where
     St: Strategy<K> + fmt::Debug,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let snapshot = self.shared.snapshot.load();
         f.debug_struct("Balance")
             .field("strategy", &self.shared.strategy)
-            .field("endpoints", &snapshot.members.len())
+            .field("endpoints", &self.shared.snapshot.load().members.len())
             .field("max_tries", &self.shared.max_tries)
             .field("reserved", &!matches!(self.reserved, Reserved::None))
             .field("pending", &self.pending.len())
