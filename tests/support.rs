@@ -109,6 +109,12 @@ impl Mock {
         self.state.release.notify_waiters();
     }
 
+    /// How many handles to this endpoint exist, this one included: what keeps its connections
+    /// (here, its state) alive.
+    pub fn handles(&self) -> usize {
+        Arc::strong_count(&self.state)
+    }
+
     pub fn waiting_wakers(&self) -> usize {
         self.state.wakers.lock().unwrap().len()
     }

@@ -7,7 +7,7 @@ use std::{
 };
 
 use support::{mocks, send, tally, Mock};
-use tower::{Layer, ServiceExt};
+use tower::{Layer, Service, ServiceExt};
 use tower_lb::{strategy::RoundRobin, Balance, BalanceLayer, Endpoints};
 
 fn balance(set: &Endpoints<&'static str, Mock>) -> Balance<RoundRobin, &'static str, Mock> {
@@ -170,4 +170,24 @@ fn changes_from_many_threads_while_requests_flow() {
         "{:?}",
         tally(&after)
     );
+}
+
+#[tokio::test]
+async fn removed_endpoint_is_released_once_its_requests_finish() {
+    let [a, b] = mocks(["a", "b"]);
+    let set = set_of(&[a.clone(), b.clone()]);
+    // A template that is only cloned, as a router does, and a balancer that is reused.
+    let template = balance(&set);
+    let mut reused = balance(&set);
+    for _ in 0..2 {
+        send(&template, 2).await;
+        reused.ready().await.unwrap().call(()).await.unwrap();
+    }
+
+    assert!(set.remove("b"));
+    send(&template, 1).await;
+    reused.ready().await.unwrap().call(()).await.unwrap();
+    // Nothing in the balancers holds the removed endpoint any more: only this test does.
+    assert_eq!(b.handles(), 1);
+    assert!(a.handles() > 1);
 }
