@@ -75,3 +75,8 @@ pub use self::{endpoints::Endpoints, layer::BalanceLayer, service::Balance};
 
 /// A type-erased error, as returned by [`Balance`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Compiles the README's example as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
