@@ -1,4 +1,4 @@
-#[path = "../support.rs"]
+#[path = "../support/mod.rs"]
 mod support;
 
 use std::{

@@ -1,4 +1,4 @@
-#[path = "../support.rs"]
+#[path = "../support/mod.rs"]
 mod support;
 
 use std::{error::Error as _, future::Future, pin::pin, task::Poll};
