@@ -140,3 +140,26 @@ impl fmt::Display for NotReady {
 }
 
 impl Error for NotReady {}
+
+/// A keyed strategy found no routing key in the request, and no default was configured.
+///
+/// Give the key extractor a default with [`RequestKey::or`](crate::key::RequestKey::or) to route
+/// such requests instead.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MissingKey {
+    _priv: (),
+}
+
+impl MissingKey {
+    pub(crate) const fn new() -> Self {
+        Self { _priv: () }
+    }
+}
+
+impl fmt::Display for MissingKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the request has no routing key and no default key is configured")
+    }
+}
+
+impl Error for MissingKey {}

@@ -65,6 +65,7 @@
 
 pub mod error;
 pub mod future;
+pub mod key;
 pub mod strategy;
 
 mod endpoints;

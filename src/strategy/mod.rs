@@ -46,6 +46,7 @@
 //! # });
 //! ```
 
+pub(crate) mod ring;
 mod round_robin;
 mod weighted_round_robin;
 

@@ -1,0 +1,1 @@
+//! The ketama ring behind `ConsistentHash`. (Being written.)
