@@ -1,10 +1,11 @@
 //! The endpoint set: services keyed by `K`, each with a weight, changeable at runtime.
 
 use std::{
-    borrow::Borrow,
+    borrow::{Borrow, Cow},
     fmt,
     iter::FromIterator,
-    sync::{Arc, Mutex, MutexGuard, Weak},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
+    sync::{atomic::AtomicUsize, Arc, Mutex, MutexGuard, Weak},
 };
 
 use arc_swap::ArcSwap;
@@ -71,6 +72,9 @@ pub(crate) struct Members<K, S> {
     pub(crate) list: Box<[Member<K, S>]>,
     /// Increases with every change of the set.
     pub(crate) version: u64,
+    /// Requests in flight over the whole set, counted as [`EndpointState::in_flight`] is; shared
+    /// by every snapshot of the set.
+    pub(crate) in_flight: Arc<AtomicUsize>,
 }
 
 /// One endpoint of a snapshot. Public only to appear in the sealed [`Strategy`] trait; it cannot be
@@ -83,6 +87,27 @@ pub struct Member<K, S> {
     pub(crate) key: K,
     pub(crate) service: S,
     pub(crate) weight: u32,
+    /// Per-endpoint counters, kept across snapshots and across a replacement of the service.
+    pub(crate) state: Arc<EndpointState>,
+}
+
+impl<K, S> Member<K, S> {
+    fn new(key: K, service: S, weight: u32) -> Self {
+        Self {
+            key,
+            service,
+            weight,
+            state: Arc::default(),
+        }
+    }
+}
+
+/// Counters of one endpoint, shared by every snapshot and balancer of its set.
+#[derive(Debug, Default)]
+pub(crate) struct EndpointState {
+    /// Requests routed to the endpoint whose response has not completed or been dropped, counted
+    /// by the strategies that balance on load.
+    pub(crate) in_flight: AtomicUsize,
 }
 
 /// Something that must see every new snapshot of a set, such as a balancer's precomputed tables.
@@ -102,6 +127,7 @@ impl<K: Clone, S: Clone> Clone for Member<K, S> {
             key: self.key.clone(),
             service: self.service.clone(),
             weight: self.weight,
+            state: Arc::clone(&self.state),
         }
     }
 }
@@ -117,7 +143,10 @@ fn check_weight(weight: u32) -> Result<u32, InvalidWeight> {
 /// Inserts or replaces `key` in `list`, keeping the place of an existing key.
 fn upsert<K: PartialEq, S>(list: &mut Vec<Member<K, S>>, member: Member<K, S>) {
     match list.iter_mut().find(|m| m.key == member.key) {
-        Some(slot) => *slot = member,
+        Some(slot) => {
+            slot.service = member.service;
+            slot.weight = member.weight;
+        }
         None => list.push(member),
     }
 }
@@ -163,11 +192,7 @@ where
             let weight = check_weight(weight)?;
             upsert(
                 &mut list,
-                Member {
-                    key,
-                    service,
-                    weight,
-                },
+                Member::new(key, service, weight),
             );
         }
         Ok(Self::from_members(list))
@@ -177,6 +202,7 @@ where
         let members = Members {
             list: list.into_boxed_slice(),
             version: 0,
+            in_flight: Arc::default(),
         };
         Self {
             inner: Arc::new(Inner {
@@ -197,11 +223,7 @@ where
                 is_new = false;
                 slot.service = service;
             }
-            None => list.push(Member {
-                key,
-                service,
-                weight: 1,
-            }),
+            None => list.push(Member::new(key, service, 1)),
         });
         is_new
     }
@@ -219,11 +241,7 @@ where
             is_new = !list.iter().any(|m| m.key == key);
             upsert(
                 list,
-                Member {
-                    key,
-                    service,
-                    weight,
-                },
+                Member::new(key, service, weight),
             );
         });
         Ok(is_new)
@@ -284,6 +302,7 @@ where
         let members = Arc::new(Members {
             list: list.into_boxed_slice(),
             version: old.version + 1,
+            in_flight: Arc::clone(&old.in_flight),
         });
         self.inner.current.store(Arc::clone(&members));
         watchers.retain(|w| match w.upgrade() {
@@ -403,11 +422,7 @@ where
         for (key, service) in iter {
             upsert(
                 &mut list,
-                Member {
-                    key,
-                    service,
-                    weight: 1,
-                },
+                Member::new(key, service, 1),
             );
         }
         Self::from_members(list)
@@ -422,3 +437,112 @@ impl<K: fmt::Debug, S> fmt::Debug for Endpoints<K, S> {
             .finish()
     }
 }
+
+/// The bytes that identify an endpoint to the hash-based strategies.
+///
+/// [`ConsistentHash`](crate::strategy::ConsistentHash) places an endpoint on its ring, and
+/// [`Hash`](crate::strategy::Hash) orders the endpoints, by these bytes only, never by the order
+/// in which endpoints were inserted: two processes with the same membership route every request
+/// key the same way.
+///
+/// Text keys use their UTF-8 bytes; addresses and numbers use the bytes of their usual text form
+/// (`127.0.0.1:8080`, `[::1]:80`, `42`), so a `SocketAddr` key and the equivalent string key place
+/// an endpoint identically.
+///
+/// # Examples
+///
+/// ```
+/// use std::net::SocketAddr;
+/// use tower_lb::EndpointKey;
+///
+/// let addr: SocketAddr = "127.0.0.1:8081".parse().unwrap();
+/// assert_eq!(addr.key_bytes(), "127.0.0.1:8081".key_bytes());
+/// assert_eq!(7u16.key_bytes().as_ref(), b"7");
+/// ```
+pub trait EndpointKey {
+    /// The endpoint's identifying bytes.
+    fn key_bytes(&self) -> Cow<'_, [u8]>;
+}
+
+impl<T: EndpointKey + ?Sized> EndpointKey for &T {
+    fn key_bytes(&self) -> Cow<'_, [u8]> {
+        (**self).key_bytes()
+    }
+}
+
+impl<T: EndpointKey + ?Sized> EndpointKey for Box<T> {
+    fn key_bytes(&self) -> Cow<'_, [u8]> {
+        (**self).key_bytes()
+    }
+}
+
+impl<T: EndpointKey + ?Sized> EndpointKey for Arc<T> {
+    fn key_bytes(&self) -> Cow<'_, [u8]> {
+        (**self).key_bytes()
+    }
+}
+
+impl EndpointKey for str {
+    fn key_bytes(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(self.as_bytes())
+    }
+}
+
+impl EndpointKey for String {
+    fn key_bytes(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(self.as_bytes())
+    }
+}
+
+impl EndpointKey for [u8] {
+    fn key_bytes(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(self)
+    }
+}
+
+impl EndpointKey for Vec<u8> {
+    fn key_bytes(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(self)
+    }
+}
+
+impl EndpointKey for Cow<'_, str> {
+    fn key_bytes(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(self.as_bytes())
+    }
+}
+
+macro_rules! key_bytes_from_display {
+    ($($t:ty),* $(,)?) => {
+        $(
+            impl EndpointKey for $t {
+                fn key_bytes(&self) -> Cow<'_, [u8]> {
+                    Cow::Owned(self.to_string().into_bytes())
+                }
+            }
+        )*
+    };
+}
+
+key_bytes_from_display!(
+    SocketAddr,
+    SocketAddrV4,
+    SocketAddrV6,
+    IpAddr,
+    Ipv4Addr,
+    Ipv6Addr,
+    http::Uri,
+    http::uri::Authority,
+    u8,
+    u16,
+    u32,
+    u64,
+    u128,
+    usize,
+    i8,
+    i16,
+    i32,
+    i64,
+    i128,
+    isize,
+);

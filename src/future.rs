@@ -12,7 +12,7 @@
 //! }))]);
 //! let mut balance = BalanceLayer::new(RoundRobin::new()).layer(set);
 //!
-//! let fut: ResponseFuture<_> = balance.ready().await.unwrap().call(41);
+//! let fut: ResponseFuture<_, _> = balance.ready().await.unwrap().call(41);
 //! assert_eq!(fut.await.unwrap(), 42);
 //! # });
 //! ```
@@ -25,24 +25,43 @@ use std::{
 };
 
 use pin_project_lite::pin_project;
+use tower_service::Service;
 
-use crate::BoxError;
+use crate::{
+    load::InFlight,
+    route::{Routed, Routing},
+    BoxError,
+};
 
 pin_project! {
     /// The response future of [`Balance`](crate::Balance): the chosen endpoint's response, or the
     /// reason no endpoint could take the request.
-    pub struct ResponseFuture<F> {
+    ///
+    /// For keyed strategies whose first choice was not ready at once, it first drives the
+    /// candidates' readiness, then calls the first that is ready.
+    pub struct ResponseFuture<S, Req>
+    where
+        S: Service<Req>,
+    {
         #[pin]
-        kind: Kind<F>,
+        kind: Kind<S, Req>,
     }
 }
 
 pin_project! {
     #[project = KindProj]
-    enum Kind<F> {
+    enum Kind<S, Req>
+    where
+        S: Service<Req>,
+    {
         Called {
             #[pin]
-            future: F,
+            future: S::Future,
+            // Released when the response completes or the future is dropped.
+            in_flight: Option<InFlight>,
+        },
+        Routing {
+            routing: Routing<S, Req>,
         },
         Failed {
             error: Option<BoxError>,
@@ -50,10 +69,16 @@ pin_project! {
     }
 }
 
-impl<F> ResponseFuture<F> {
-    pub(crate) fn called(future: F) -> Self {
+impl<S: Service<Req>, Req> ResponseFuture<S, Req> {
+    pub(crate) fn called(future: S::Future, in_flight: Option<InFlight>) -> Self {
         Self {
-            kind: Kind::Called { future },
+            kind: Kind::Called { future, in_flight },
+        }
+    }
+
+    pub(crate) fn routing(routing: Routing<S, Req>) -> Self {
+        Self {
+            kind: Kind::Routing { routing },
         }
     }
 
@@ -64,27 +89,45 @@ impl<F> ResponseFuture<F> {
     }
 }
 
-impl<F, T, E> Future for ResponseFuture<F>
+impl<S, Req> Future for ResponseFuture<S, Req>
 where
-    F: Future<Output = Result<T, E>>,
-    E: Into<BoxError>,
+    S: Service<Req> + Clone,
+    S::Error: Into<BoxError>,
 {
-    type Output = Result<T, BoxError>;
+    type Output = Result<S::Response, BoxError>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            KindProj::Called { future } => future.poll(cx).map_err(Into::into),
-            KindProj::Failed { error } => Poll::Ready(Err(error
-                .take()
-                .expect("ResponseFuture polled after completion"))),
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            let routed = match self.as_mut().project().kind.project() {
+                KindProj::Called { future, .. } => return future.poll(cx).map_err(Into::into),
+                KindProj::Failed { error } => {
+                    return Poll::Ready(Err(error
+                        .take()
+                        .expect("ResponseFuture polled after completion")))
+                }
+                KindProj::Routing { routing } => match routing.poll(cx) {
+                    Poll::Ready(routed) => routed,
+                    Poll::Pending => return Poll::Pending,
+                },
+            };
+            let next = match routed {
+                Routed::Called(future, in_flight) => Kind::Called { future, in_flight },
+                Routed::Failed(error) => Kind::Failed { error: Some(error) },
+            };
+            self.as_mut().project().kind.set(next);
         }
     }
 }
 
-impl<F> fmt::Debug for ResponseFuture<F> {
+impl<S: Service<Req>, Req> fmt::Debug for ResponseFuture<S, Req> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
             Kind::Called { .. } => f.write_str("ResponseFuture::Called"),
+            Kind::Routing { routing } => f
+                .debug_struct("ResponseFuture::Routing")
+                .field("tried", &routing.tried.len())
+                .field("pending", &routing.pending.len())
+                .finish(),
             Kind::Failed { error } => f
                 .debug_tuple("ResponseFuture::Failed")
                 .field(error)

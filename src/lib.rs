@@ -70,9 +70,15 @@ pub mod strategy;
 
 mod endpoints;
 mod layer;
+mod load;
+mod route;
 mod service;
 
-pub use self::{endpoints::Endpoints, layer::BalanceLayer, service::Balance};
+pub use self::{
+    endpoints::{EndpointKey, Endpoints},
+    layer::BalanceLayer,
+    service::Balance,
+};
 
 /// A type-erased error, as returned by [`Balance`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -1,7 +1,7 @@
 use std::{
     fmt,
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
         Arc, Weak,
     },
     task::{Context, Poll},
@@ -11,10 +11,11 @@ use arc_swap::ArcSwap;
 use tower_service::Service;
 
 use crate::{
-    endpoints::{Members, Watch},
-    error::{NoEndpoints, Unavailable},
+    endpoints::{EndpointState, Members, Watch},
+    error::{MissingKey, NoEndpoints, NotReady, Unavailable},
     future::ResponseFuture,
-    strategy::Strategy,
+    route::{Candidates, Routing, Walker},
+    strategy::{Route, Strategy, Walk},
     BoxError, Endpoints,
 };
 
@@ -95,6 +96,8 @@ where
 enum Reserved<S> {
     None,
     Endpoint(S),
+    /// A keyed strategy is ready; `call` picks by the request's key.
+    Keyed,
     NoEndpoints,
     Unavailable {
         tried: usize,
@@ -159,6 +162,7 @@ where
         let empty = Arc::new(Members {
             list: Box::new([]),
             version: 0,
+            in_flight: Arc::default(),
         });
         let table = strategy.build(&empty.list);
         let shared = Arc::new(Shared {
@@ -221,36 +225,117 @@ where
     }
 }
 
-impl<St, K, S, Req> Service<Req> for Balance<St, K, S>
+/// The snapshot a request routes with: the clone's cached copy, or a guard on the shared one.
+enum Current<'a, T, K, S> {
+    Cached(&'a Arc<Snapshot<T, K, S>>),
+    Loaded(arc_swap::Guard<Arc<Snapshot<T, K, S>>>),
+}
+
+impl<T, K, S> std::ops::Deref for Current<'_, T, K, S> {
+    type Target = Snapshot<T, K, S>;
+
+    fn deref(&self) -> &Self::Target {
+        match self {
+            Self::Cached(snapshot) => snapshot,
+            Self::Loaded(guard) => guard,
+        }
+    }
+}
+
+impl<T, K, S> Current<'_, T, K, S> {
+    /// An owned handle on the snapshot, for a request that must outlive this borrow.
+    fn to_arc(&self) -> Arc<Snapshot<T, K, S>> {
+        match self {
+            Self::Cached(cached) => Arc::clone(cached),
+            Self::Loaded(guard) => Arc::clone(guard),
+        }
+    }
+}
+
+/// The snapshot to route with. A clone fills its cache from its second use on, so that a clone
+/// made for one request pays for a guard only, and one that is never used pins no snapshot.
+fn current<'a, St, K, S>(
+    shared: &'a Shared<St, K, S>,
+    cache: &'a mut Option<Arc<Snapshot<St::Table, K, S>>>,
+    reused: &mut bool,
+) -> Current<'a, St::Table, K, S>
 where
     St: Strategy<K>,
-    S: Service<Req> + Clone,
+{
+    let was_reused = std::mem::replace(reused, true);
+    if !was_reused {
+        return Current::Loaded(shared.snapshot.load());
+    }
+    let version = shared.version.load(Ordering::Acquire);
+    if !matches!(cache, Some(c) if c.members.version == version) {
+        *cache = Some(shared.snapshot.load_full());
+    }
+    match cache {
+        Some(cached) => Current::Cached(cached),
+        None => Current::Loaded(shared.snapshot.load()),
+    }
+}
+
+impl<T, K, S> Candidates<S> for Snapshot<T, K, S>
+where
+    T: Walk + Send + Sync,
+    K: Send + Sync,
+    S: Send + Sync,
+{
+    fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    fn positions(&self) -> usize {
+        self.table.positions()
+    }
+
+    fn owner(&self, position: usize) -> usize {
+        self.table.owner(position)
+    }
+
+    fn service(&self, index: usize) -> &S {
+        &self.members.list[index].service
+    }
+
+    fn state(&self, index: usize) -> &Arc<EndpointState> {
+        &self.members.list[index].state
+    }
+
+    fn total(&self) -> &Arc<AtomicUsize> {
+        &self.members.in_flight
+    }
+}
+
+impl<St, K, S, Req> Service<Req> for Balance<St, K, S>
+where
+    St: Route<K, Req>,
+    K: Send + Sync + 'static,
+    S: Service<Req> + Clone + Send + Sync + 'static,
     S::Error: Into<BoxError>,
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future>;
+    type Future = ResponseFuture<S, Req>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         if !matches!(self.reserved, Reserved::None) {
             return Poll::Ready(Ok(()));
         }
-        if self.reused {
-            let version = self.shared.version.load(Ordering::Acquire);
-            if !matches!(&self.cache, Some(c) if c.members.version == version) {
-                self.cache = Some(self.shared.snapshot.load_full());
-            }
-        }
-        let guard;
-        let snapshot: &Snapshot<_, _, _> = match (&self.cache, self.reused) {
-            (Some(cached), true) => cached,
-            _ => {
-                guard = self.shared.snapshot.load();
-                &guard
-            }
-        };
-        self.reused = true;
+        let snapshot = current(&self.shared, &mut self.cache, &mut self.reused);
         let members = &snapshot.members;
+        let len = members.len();
+        if len == 0 {
+            self.pending.clear();
+            self.reserved = Reserved::NoEndpoints;
+            return Poll::Ready(Ok(()));
+        }
+        if St::KEYED {
+            // The endpoint depends on the request: `call` picks it, and the response future
+            // drives its readiness.
+            self.reserved = Reserved::Keyed;
+            return Poll::Ready(Ok(()));
+        }
 
         if !self.pending.is_empty() {
             if self.pending_version == members.version {
@@ -268,11 +353,6 @@ where
             }
         }
 
-        let len = members.len();
-        if len == 0 {
-            self.reserved = Reserved::NoEndpoints;
-            return Poll::Ready(Ok(()));
-        }
         let first = self.shared.strategy.first(&snapshot.table, len);
         let tries = self.shared.max_tries.min(len);
         let mut error = None;
@@ -296,22 +376,93 @@ where
             self.pending_version = members.version;
             return Poll::Pending;
         }
-        self.reserved = Reserved::Unavailable {
-            tried: tries,
-            error,
-        };
+        self.reserved = Reserved::Unavailable { tried: tries, error };
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
         match std::mem::replace(&mut self.reserved, Reserved::None) {
-            Reserved::Endpoint(mut service) => ResponseFuture::called(service.call(request)),
+            Reserved::Endpoint(mut service) => ResponseFuture::called(service.call(request), None),
+            Reserved::Keyed => self.call_keyed(request),
             Reserved::NoEndpoints => ResponseFuture::failed(NoEndpoints::new().into()),
             Reserved::Unavailable { tried, error } => {
                 ResponseFuture::failed(Unavailable::new(tried, error).into())
             }
-            Reserved::None => ResponseFuture::failed(crate::error::NotReady::new().into()),
+            Reserved::None => ResponseFuture::failed(NotReady::new().into()),
         }
+    }
+}
+
+impl<St, K, S> Balance<St, K, S>
+where
+    St: Strategy<K>,
+    K: Send + Sync + 'static,
+    S: Clone + Send + Sync + 'static,
+{
+    /// Routes a request by its key: the key's own endpoint when it is ready at once (the common
+    /// case, with no allocation), otherwise a [`Routing`] that walks the fallbacks.
+    fn call_keyed<Req>(&mut self, request: Req) -> ResponseFuture<S, Req>
+    where
+        St: Route<K, Req>,
+        S: Service<Req>,
+        S::Error: Into<BoxError>,
+    {
+        let strategy = &self.shared.strategy;
+        let hash = match strategy.request_key(&request) {
+            Some(key) => strategy.hash_key(&key),
+            None => return ResponseFuture::failed(MissingKey::new().into()),
+        };
+        let snapshot = current(&self.shared, &mut self.cache, &mut self.reused);
+        if snapshot.members.len() == 0 {
+            return ResponseFuture::failed(NoEndpoints::new().into());
+        }
+        let mut walker = Walker::new(snapshot.table.start(hash), strategy.load_factor());
+        let Some((index, in_flight)) = walker.next::<S, _>(&*snapshot, &[]) else {
+            return ResponseFuture::failed(Unavailable::new(0, None).into());
+        };
+        let mut service = snapshot.members.list[index].service.clone();
+        // Poll without the task's waker: if the endpoint is not ready at once, the routing
+        // future polls it again with the real one before anything waits on it.
+        let mut noop = Context::from_waker(std::task::Waker::noop());
+        let mut pending = Vec::new();
+        let mut error = None;
+        match service.poll_ready(&mut noop) {
+            Poll::Ready(Ok(())) => return ResponseFuture::called(service.call(request), in_flight),
+            Poll::Pending => pending.push((service, in_flight)),
+            Poll::Ready(Err(e)) => error = Some(e.into()),
+        }
+        let candidates: Arc<dyn Candidates<S>> = snapshot.to_arc();
+        ResponseFuture::routing(Routing {
+            candidates,
+            walker,
+            request: Some(request),
+            pending,
+            tried: vec![index as u32],
+            max_tries: self.shared.max_tries,
+            error,
+        })
+    }
+
+    /// The endpoint a keyed strategy routes `key` to when every endpoint is available (and, with
+    /// bounded loads, none is full): the key's own endpoint. `None` for keyless strategies and
+    /// empty sets.
+    ///
+    /// This is the mapping a cache shard or a debugging tool wants to know; requests see it
+    /// too, except while that endpoint is unavailable.
+    pub fn endpoint_for_key(&self, key: impl AsRef<[u8]>) -> Option<K>
+    where
+        K: Clone,
+    {
+        if !St::KEYED {
+            return None;
+        }
+        let snapshot = self.shared.snapshot.load();
+        if snapshot.members.len() == 0 {
+            return None;
+        }
+        let hash = self.shared.strategy.hash_key(key.as_ref());
+        let owner = snapshot.table.owner(snapshot.table.start(hash));
+        Some(snapshot.members.list[owner].key.clone())
     }
 }
 
@@ -330,7 +481,7 @@ where
                 return Some(Poll::Ready(service));
             }
             Poll::Ready(Err(_)) => {
-                pending.swap_remove(i);
+                pending.remove(i);
             }
             Poll::Pending => i += 1,
         }

@@ -53,6 +53,8 @@ mod weighted_round_robin;
 pub use self::round_robin::RoundRobin;
 pub use self::weighted_round_robin::WeightedRoundRobin;
 
+use std::borrow::Cow;
+
 use crate::endpoints::Member;
 
 /// A load-balancing strategy, usable with [`BalanceLayer`](crate::BalanceLayer) over endpoints
@@ -63,17 +65,84 @@ use crate::endpoints::Member;
 pub trait Strategy<K>: sealed::Sealed + Send + Sync + 'static {
     /// What the strategy precomputes for each membership snapshot.
     #[doc(hidden)]
-    type Table: Send + Sync + 'static;
+    type Table: Walk + Send + Sync + 'static;
+
+    /// Whether the strategy routes by a request key, in `call`, rather than in `poll_ready`.
+    #[doc(hidden)]
+    const KEYED: bool = false;
 
     /// Precomputes the table for a new membership snapshot. Runs off the request path.
     #[doc(hidden)]
     fn build<S>(&self, members: &[Member<K, S>]) -> Self::Table;
 
-    /// The first candidate for the next request, an index below `len`, the number of endpoints
-    /// (at least 1). Called on the request path: no locks, no allocation.
+    /// Keyless strategies: the first candidate for the next request, an index below `len`, the
+    /// number of endpoints (at least 1). Called on the request path: no locks, no allocation.
     #[doc(hidden)]
-    fn first(&self, table: &Self::Table, len: usize) -> usize;
+    fn first(&self, _table: &Self::Table, _len: usize) -> usize {
+        0
+    }
+
+    /// Keyed strategies: the hash of a request key that [`Walk::start`] takes.
+    #[doc(hidden)]
+    fn hash_key(&self, _key: &[u8]) -> u64 {
+        0
+    }
+
+    /// Keyed strategies with bounded loads: the factor `c` that caps an endpoint's in-flight
+    /// requests at `ceil(c * mean)`.
+    #[doc(hidden)]
+    fn load_factor(&self) -> Option<f64> {
+        None
+    }
 }
+
+/// How a strategy finds the routing key of a `Req`. Keyless strategies implement it for every
+/// request type and are never asked.
+#[doc(hidden)]
+pub trait Route<K, Req>: Strategy<K> {
+    /// The request's routing key, `None` when it has none.
+    fn request_key<'a>(&'a self, request: &'a Req) -> Option<Cow<'a, [u8]>>;
+}
+
+/// A keyed table seen as a cycle of positions, each owned by an endpoint: a request key starts at
+/// one position, and its fallbacks are the owners of the positions after it. Public only to bound
+/// [`Strategy::Table`]; it cannot be reached from outside the crate.
+#[allow(unreachable_pub)]
+pub trait Walk {
+    /// The number of positions in the cycle; 0 for keyless tables, which are never walked.
+    fn positions(&self) -> usize;
+    /// The position where the key with this hash starts.
+    fn start(&self, hash: u64) -> usize;
+    /// The index (in set order) of the endpoint owning `position`.
+    fn owner(&self, position: usize) -> usize;
+}
+
+impl Walk for () {
+    fn positions(&self) -> usize {
+        0
+    }
+    fn start(&self, _hash: u64) -> usize {
+        0
+    }
+    fn owner(&self, _position: usize) -> usize {
+        0
+    }
+}
+
+/// Implements [`Route`] for a keyless strategy.
+macro_rules! keyless_route {
+    ($strategy:ty) => {
+        impl<K, Req> $crate::strategy::Route<K, Req> for $strategy {
+            fn request_key<'a>(
+                &'a self,
+                _request: &'a Req,
+            ) -> Option<std::borrow::Cow<'a, [u8]>> {
+                None
+            }
+        }
+    };
+}
+pub(crate) use keyless_route;
 
 mod sealed {
     pub trait Sealed {}

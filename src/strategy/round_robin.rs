@@ -60,6 +60,8 @@ impl fmt::Debug for RoundRobin {
 
 impl Sealed for RoundRobin {}
 
+super::keyless_route!(RoundRobin);
+
 impl<K> Strategy<K> for RoundRobin {
     type Table = ();
 

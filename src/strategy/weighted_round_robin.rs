@@ -245,6 +245,20 @@ fn gcd(mut a: u64, mut b: u64) -> u64 {
 
 impl Sealed for WeightedRoundRobin {}
 
+super::keyless_route!(WeightedRoundRobin);
+
+impl super::Walk for Schedule {
+    fn positions(&self) -> usize {
+        0
+    }
+    fn start(&self, _hash: u64) -> usize {
+        0
+    }
+    fn owner(&self, _position: usize) -> usize {
+        0
+    }
+}
+
 impl<K> Strategy<K> for WeightedRoundRobin {
     type Table = Schedule;
 
