@@ -190,10 +190,7 @@ where
         let mut list = Vec::new();
         for (key, service, weight) in endpoints {
             let weight = check_weight(weight)?;
-            upsert(
-                &mut list,
-                Member::new(key, service, weight),
-            );
+            upsert(&mut list, Member::new(key, service, weight));
         }
         Ok(Self::from_members(list))
     }
@@ -239,10 +236,7 @@ where
         let mut is_new = true;
         self.update(|list| {
             is_new = !list.iter().any(|m| m.key == key);
-            upsert(
-                list,
-                Member::new(key, service, weight),
-            );
+            upsert(list, Member::new(key, service, weight));
         });
         Ok(is_new)
     }
@@ -420,10 +414,7 @@ where
     fn from_iter<I: IntoIterator<Item = (K, S)>>(iter: I) -> Self {
         let mut list = Vec::new();
         for (key, service) in iter {
-            upsert(
-                &mut list,
-                Member::new(key, service, 1),
-            );
+            upsert(&mut list, Member::new(key, service, 1));
         }
         Self::from_members(list)
     }

@@ -163,3 +163,46 @@ impl fmt::Display for MissingKey {
 }
 
 impl Error for MissingKey {}
+
+/// A strategy option was outside its accepted range.
+///
+/// Returned by the strategies' builder methods, such as
+/// [`ConsistentHash::bounded_load`](crate::strategy::ConsistentHash::bounded_load), when the
+/// strategy is configured: never later, on the request path.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InvalidConfig {
+    option: &'static str,
+    requirement: &'static str,
+    value: String,
+}
+
+impl InvalidConfig {
+    pub(crate) fn new(
+        option: &'static str,
+        requirement: &'static str,
+        value: impl fmt::Display,
+    ) -> Self {
+        Self {
+            option,
+            requirement,
+            value: value.to_string(),
+        }
+    }
+
+    /// The name of the rejected option.
+    pub fn option(&self) -> &str {
+        self.option
+    }
+}
+
+impl fmt::Display for InvalidConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid {}: must be {}, got {}",
+            self.option, self.requirement, self.value
+        )
+    }
+}
+
+impl Error for InvalidConfig {}

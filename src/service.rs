@@ -376,7 +376,10 @@ where
             self.pending_version = members.version;
             return Poll::Pending;
         }
-        self.reserved = Reserved::Unavailable { tried: tries, error };
+        self.reserved = Reserved::Unavailable {
+            tried: tries,
+            error,
+        };
         Poll::Ready(Ok(()))
     }
 

@@ -46,10 +46,14 @@
 //! # });
 //! ```
 
+mod consistent_hash;
+mod hash;
 pub(crate) mod ring;
 mod round_robin;
 mod weighted_round_robin;
 
+pub use self::consistent_hash::ConsistentHash;
+pub use self::hash::Hash;
 pub use self::round_robin::RoundRobin;
 pub use self::weighted_round_robin::WeightedRoundRobin;
 

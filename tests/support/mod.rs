@@ -5,6 +5,7 @@
 use std::{
     collections::HashMap,
     future::Future,
+    marker::PhantomData,
     pin::Pin,
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -41,22 +42,26 @@ struct State {
 /// An endpoint answering its name. Clones share its state but, as with real services, each clone
 /// must be made ready itself before it is called: calling a clone whose `poll_ready` has not
 /// returned `Ready(Ok(()))` panics, which fails the test.
+///
+/// `R` is the request type it takes: `()` by default, `http::Request<()>` for keyed strategies.
 #[derive(Debug)]
-pub struct Mock {
+pub struct Mock<R = ()> {
     state: Arc<State>,
     ready: bool,
+    _request: PhantomData<fn(R)>,
 }
 
-impl Clone for Mock {
+impl<R> Clone for Mock<R> {
     fn clone(&self) -> Self {
         Self {
             state: Arc::clone(&self.state),
             ready: false,
+            _request: PhantomData,
         }
     }
 }
 
-impl Mock {
+impl<R> Mock<R> {
     pub fn new(name: &'static str) -> Self {
         Self {
             state: Arc::new(State {
@@ -70,6 +75,7 @@ impl Mock {
                 in_flight: AtomicUsize::new(0),
             }),
             ready: false,
+            _request: PhantomData,
         }
     }
 
@@ -120,7 +126,7 @@ impl Mock {
     }
 }
 
-impl Service<()> for Mock {
+impl<R> Service<R> for Mock<R> {
     type Response = &'static str;
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<&'static str, BoxError>> + Send>>;
@@ -143,7 +149,7 @@ impl Service<()> for Mock {
         }
     }
 
-    fn call(&mut self, _req: ()) -> Self::Future {
+    fn call(&mut self, _req: R) -> Self::Future {
         assert!(
             std::mem::take(&mut self.ready),
             "{} was called before its poll_ready returned Ready(Ok)",
@@ -181,7 +187,7 @@ impl Drop for InFlight {
 }
 
 /// Mocks named by the given names.
-pub fn mocks<const N: usize>(names: [&'static str; N]) -> [Mock; N] {
+pub fn mocks<R, const N: usize>(names: [&'static str; N]) -> [Mock<R>; N] {
     names.map(Mock::new)
 }
 

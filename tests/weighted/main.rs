@@ -60,7 +60,7 @@ fn nginx(weights: &[u32], count: usize) -> Vec<usize> {
             let mut best: Option<usize> = None;
             for (i, &w) in weights.iter().enumerate() {
                 current[i] += i64::from(w);
-                if best.map_or(true, |b| current[i] > current[b]) {
+                if best.is_none_or(|b| current[i] > current[b]) {
                     best = Some(i);
                 }
             }
@@ -164,12 +164,13 @@ fn huge_weights_do_not_blow_up_memory() {
 
 #[test]
 fn zero_weight_is_rejected_when_the_set_is_built_or_changed() {
-    let err = Endpoints::try_from_weighted([("a", Mock::new("a"), 1), ("b", Mock::new("b"), 0)])
-        .unwrap_err();
+    let err =
+        Endpoints::try_from_weighted([("a", Mock::<()>::new("a"), 1), ("b", Mock::new("b"), 0)])
+            .unwrap_err();
     assert_eq!(err, err.clone());
     assert_eq!(err.weight(), 0);
 
-    let set = Endpoints::try_from_weighted([("a", Mock::new("a"), 1)]).unwrap();
+    let set = Endpoints::try_from_weighted([("a", Mock::<()>::new("a"), 1)]).unwrap();
     assert!(set
         .insert_weighted("b", Mock::new("b"), 0)
         .unwrap_err()

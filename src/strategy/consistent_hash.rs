@@ -1,0 +1,207 @@
+use std::{borrow::Cow, fmt};
+
+use super::{
+    ring::{self, Ring},
+    sealed::Sealed,
+    Route, Strategy, Walk,
+};
+use crate::{endpoints::Member, error::InvalidConfig, key::RequestKey, EndpointKey};
+
+/// Ring points per unit of weight unless configured: ketama's and nginx's choice.
+const DEFAULT_POINTS_PER_WEIGHT: u32 = 160;
+/// The most points per unit of weight accepted.
+const MAX_POINTS_PER_WEIGHT: u32 = 1 << 16;
+
+/// Consistent hashing on a ketama ring: each request goes to the endpoint owning the first ring
+/// point at or after its key's hash, so that a membership change moves only the keys it must.
+///
+/// Every endpoint gets 160 points per unit of weight (configurable), placed by hashing its
+/// [key bytes](EndpointKey) only: the ring, and so the mapping of every request key, depends
+/// only on the membership and the weights, not on insertion order, process or run. A key's
+/// position is the crc32 (IEEE) of its bytes, spread over 64 bits. Lookups use a bucket index
+/// over the sorted points: O(1) on average, without allocation or locks.
+///
+/// - Adding an endpoint moves to it about `1 / (N + 1)` of the keys, and no other key moves.
+/// - Removing an endpoint moves only its keys, each to the next endpoint on the ring.
+/// - An endpoint of weight 2 owns about twice the keys of an endpoint of weight 1.
+///
+/// # Unavailable endpoints
+///
+/// When a key's endpoint is not ready (pending, or its readiness fails), the request walks the
+/// ring to the next distinct endpoints, up to [`max_tries`](crate::BalanceLayer::max_tries) of
+/// them: the keys of that endpoint spread over its ring successors, no other key moves, and they
+/// all come back when it is ready again.
+///
+/// # Bounded loads
+///
+/// With [`bounded_load(c)`](ConsistentHash::bounded_load), an endpoint never takes more than
+/// `ceil(c × (m + 1) / N)` requests in flight, `m` being the requests in flight over the set:
+/// a request whose endpoint is full walks the ring to the next endpoint with room (consistent
+/// hashing with bounded loads, Mirrokni, Thorup and Zadimoghaddam, 2018). A hot key then spills
+/// over to its ring successors instead of overloading one endpoint. The in-flight counts are
+/// shared by every clone of the balancer (and every balancer over the same set), and released
+/// when the response completes or its future is dropped.
+///
+/// # Examples
+///
+/// ```
+/// use tower::{service_fn, Layer, ServiceExt};
+/// use tower_lb::{key, strategy::ConsistentHash, BalanceLayer, Endpoints};
+///
+/// # tokio_test::block_on(async {
+/// let server = |name: &'static str| service_fn(move |_req: http::Request<()>| async move {
+///     Ok::<_, std::convert::Infallible>(name)
+/// });
+/// let set = Endpoints::from_iter([
+///     ("10.0.0.1:8080", server("a")),
+///     ("10.0.0.2:8080", server("b")),
+///     ("10.0.0.3:8080", server("c")),
+/// ]);
+/// let strategy = ConsistentHash::new(key::header(http::header::HeaderName::from_static("x-user")))
+///     .bounded_load(1.25)
+///     .unwrap();
+/// let balance = BalanceLayer::new(strategy).layer(set.clone());
+///
+/// let request = || http::Request::builder().header("x-user", "alice").body(()).unwrap();
+/// let first = balance.clone().oneshot(request()).await.unwrap();
+/// // The same key keeps reaching the same endpoint...
+/// assert_eq!(balance.clone().oneshot(request()).await.unwrap(), first);
+///
+/// // ...and an endpoint joining the set takes over only the keys that now fall to it.
+/// let before = balance.endpoint_for_key("alice").unwrap();
+/// set.insert("10.0.0.4:8080", server("d"));
+/// let after = balance.endpoint_for_key("alice").unwrap();
+/// assert!(after == before || after == "10.0.0.4:8080");
+/// # });
+/// ```
+#[derive(Clone)]
+pub struct ConsistentHash<E> {
+    key: E,
+    points_per_weight: u32,
+    load_factor: Option<f64>,
+}
+
+impl<E> ConsistentHash<E> {
+    /// Routes requests by the key that `key` extracts from them (see [`key`](crate::key)), on a
+    /// ring of 160 points per unit of weight, without a load bound.
+    ///
+    /// A request without a key fails with [`MissingKey`](crate::error::MissingKey) unless the
+    /// extractor has a default ([`RequestKey::or`]).
+    pub fn new(key: E) -> Self {
+        Self {
+            key,
+            points_per_weight: DEFAULT_POINTS_PER_WEIGHT,
+            load_factor: None,
+        }
+    }
+
+    /// Sets the number of ring points per unit of weight (default 160). More points spread keys
+    /// more evenly, at the cost of memory (12 bytes a point) and build time.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidConfig`] unless `1 <= points <= 65536`.
+    pub fn points_per_weight(mut self, points: u32) -> Result<Self, InvalidConfig> {
+        if !(1..=MAX_POINTS_PER_WEIGHT).contains(&points) {
+            return Err(InvalidConfig::new(
+                "points per weight",
+                "between 1 and 65536",
+                points,
+            ));
+        }
+        self.points_per_weight = points;
+        Ok(self)
+    }
+
+    /// Bounds every endpoint's in-flight requests to `ceil(factor × mean)`, walking the ring past
+    /// full endpoints. Typical factors are 1.25 (tight) to 2 (loose).
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidConfig`] unless `factor` is finite and greater than 1: with 1 or less some
+    /// request would find every endpoint full.
+    pub fn bounded_load(mut self, factor: f64) -> Result<Self, InvalidConfig> {
+        if !(factor.is_finite() && factor > 1.0) {
+            return Err(InvalidConfig::new(
+                "load factor",
+                "a finite number greater than 1",
+                factor,
+            ));
+        }
+        self.load_factor = Some(factor);
+        Ok(self)
+    }
+}
+
+impl<E: fmt::Debug> fmt::Debug for ConsistentHash<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConsistentHash")
+            .field("key", &self.key)
+            .field("points_per_weight", &self.points_per_weight)
+            .field("load_factor", &self.load_factor)
+            .finish()
+    }
+}
+
+/// The ring of a membership snapshot. Public only to name it as the strategy's table; it cannot
+/// be reached from outside the crate.
+#[derive(Debug)]
+#[allow(unreachable_pub)]
+pub struct RingTable(Ring);
+
+impl Walk for RingTable {
+    fn positions(&self) -> usize {
+        self.0.len()
+    }
+
+    #[inline]
+    fn start(&self, hash: u64) -> usize {
+        self.0.position(hash)
+    }
+
+    #[inline]
+    fn owner(&self, position: usize) -> usize {
+        self.0.owner(position)
+    }
+}
+
+impl<E> Sealed for ConsistentHash<E> {}
+
+impl<K, E> Strategy<K> for ConsistentHash<E>
+where
+    K: EndpointKey,
+    E: Send + Sync + 'static,
+{
+    type Table = RingTable;
+    const KEYED: bool = true;
+
+    fn build<S>(&self, members: &[Member<K, S>]) -> RingTable {
+        let keys: Vec<Cow<'_, [u8]>> = members.iter().map(|m| m.key.key_bytes()).collect();
+        RingTable(Ring::new(
+            keys.iter()
+                .zip(members)
+                .map(|(key, m)| (key.as_ref(), m.weight)),
+            self.points_per_weight,
+        ))
+    }
+
+    #[inline]
+    fn hash_key(&self, key: &[u8]) -> u64 {
+        ring::key_hash(key)
+    }
+
+    fn load_factor(&self) -> Option<f64> {
+        self.load_factor
+    }
+}
+
+impl<K, E, Req> Route<K, Req> for ConsistentHash<E>
+where
+    K: EndpointKey,
+    E: RequestKey<Req> + Send + Sync + 'static,
+{
+    #[inline]
+    fn request_key<'a>(&'a self, request: &'a Req) -> Option<Cow<'a, [u8]>> {
+        self.key.key(request)
+    }
+}
