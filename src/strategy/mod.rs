@@ -137,10 +137,7 @@ impl Walk for () {
 macro_rules! keyless_route {
     ($strategy:ty) => {
         impl<K, Req> $crate::strategy::Route<K, Req> for $strategy {
-            fn request_key<'a>(
-                &'a self,
-                _request: &'a Req,
-            ) -> Option<std::borrow::Cow<'a, [u8]>> {
+            fn request_key<'a>(&'a self, _request: &'a Req) -> Option<std::borrow::Cow<'a, [u8]>> {
                 None
             }
         }
