@@ -77,7 +77,7 @@ mod service;
 pub use self::{
     endpoints::{EndpointKey, Endpoints},
     layer::BalanceLayer,
-    service::Balance,
+    service::{Balance, KeyMap},
 };
 
 /// A type-erased error, as returned by [`Balance`].

@@ -450,22 +450,89 @@ where
     /// bounded loads, none is full): the key's own endpoint. `None` for keyless strategies and
     /// empty sets.
     ///
-    /// This is the mapping a cache shard or a debugging tool wants to know; requests see it
-    /// too, except while that endpoint is unavailable.
+    /// To look up many keys, take a [`KeyMap`] once with [`Balance::key_map`].
     pub fn endpoint_for_key(&self, key: impl AsRef<[u8]>) -> Option<K>
     where
         K: Clone,
     {
-        if !St::KEYED {
+        self.key_map().endpoint_for_key(key).cloned()
+    }
+
+    /// A snapshot of how the strategy maps request keys to endpoints, for looking up many keys
+    /// cheaply: which shard holds a key, how a batch of keys splits over the endpoints, or what a
+    /// membership change would move. Later membership changes do not affect a map already taken.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tower_lb::{key, strategy::ConsistentHash, Balance, Endpoints};
+    ///
+    /// let set = Endpoints::from_iter([("cache-a", ()), ("cache-b", ()), ("cache-c", ())]);
+    /// let balance = Balance::new(ConsistentHash::new(key::query("key")), set);
+    ///
+    /// let map = balance.key_map();
+    /// let mut batches = std::collections::HashMap::<&str, Vec<&str>>::new();
+    /// for key in ["user:1", "user:2", "user:3", "user:4"] {
+    ///     batches.entry(map.endpoint_for_key(key).unwrap()).or_default().push(key);
+    /// }
+    /// assert_eq!(batches.values().map(Vec::len).sum::<usize>(), 4);
+    /// ```
+    pub fn key_map(&self) -> KeyMap<St, K, S> {
+        KeyMap {
+            shared: Arc::clone(&self.shared),
+            snapshot: self.shared.snapshot.load_full(),
+        }
+    }
+}
+
+/// How a keyed strategy maps request keys to endpoints, for one membership snapshot: see
+/// [`Balance::key_map`].
+pub struct KeyMap<St, K, S>
+where
+    St: Strategy<K>,
+{
+    shared: Arc<Shared<St, K, S>>,
+    snapshot: Arc<Snapshot<St::Table, K, S>>,
+}
+
+impl<St, K, S> KeyMap<St, K, S>
+where
+    St: Strategy<K>,
+{
+    /// The key of the endpoint that `key` is routed to when every endpoint is available (and,
+    /// with bounded loads, none is full). `None` for keyless strategies and empty sets.
+    ///
+    /// Costs a hash of the key and one table lookup: no lock, no allocation.
+    #[inline]
+    pub fn endpoint_for_key(&self, key: impl AsRef<[u8]>) -> Option<&K> {
+        if !St::KEYED || self.snapshot.members.len() == 0 {
             return None;
         }
-        let snapshot = self.shared.snapshot.load();
-        if snapshot.members.len() == 0 {
-            return None;
-        }
+        let table = &self.snapshot.table;
         let hash = self.shared.strategy.hash_key(key.as_ref());
-        let owner = snapshot.table.owner(snapshot.table.start(hash));
-        Some(snapshot.members.list[owner].key.clone())
+        Some(&self.snapshot.members.list[table.owner(table.start(hash))].key)
+    }
+
+    /// The number of endpoints in the snapshot.
+    pub fn len(&self) -> usize {
+        self.snapshot.members.len()
+    }
+
+    /// Whether the snapshot has no endpoints.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<St, K, S> fmt::Debug for KeyMap<St, K, S>
+where
+    St: Strategy<K> + fmt::Debug,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyMap")
+            .field("strategy", &self.shared.strategy)
+            .field("endpoints", &self.len())
+            .finish()
     }
 }
 
