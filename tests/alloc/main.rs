@@ -10,9 +10,11 @@ use std::{
     task::{Context, Poll},
 };
 
+use http::{header::HeaderName, Request};
 use tower::{Layer, Service};
 use tower_lb::{
-    strategy::{RoundRobin, WeightedRoundRobin},
+    key,
+    strategy::{ConsistentHash, Hash, RoundRobin, WeightedRoundRobin},
     BalanceLayer, Endpoints,
 };
 
@@ -70,6 +72,92 @@ impl Service<u64> for Echo {
 
     fn call(&mut self, req: u64) -> Self::Future {
         std::future::ready(Ok(req))
+    }
+}
+
+impl Service<Request<()>> for Echo {
+    type Response = u64;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<u64, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<()>) -> Self::Future {
+        std::future::ready(Ok(req.headers().len() as u64))
+    }
+}
+
+/// Routes the given requests through `svc`, one clone per request when asked.
+fn route_keyed<S>(svc: &mut S, requests: Vec<Request<()>>, clone_per_request: bool)
+where
+    S: Service<Request<()>, Response = u64> + Clone,
+    S::Error: std::fmt::Debug,
+{
+    let waker = futures_util::task::noop_waker();
+    let mut cx = Context::from_waker(&waker);
+    for request in requests {
+        let mut clone;
+        let svc = if clone_per_request {
+            clone = svc.clone();
+            &mut clone
+        } else {
+            &mut *svc
+        };
+        assert!(matches!(svc.poll_ready(&mut cx), Poll::Ready(Ok(()))));
+        let fut = pin!(svc.call(request));
+        assert!(matches!(fut.poll(&mut cx), Poll::Ready(Ok(1))));
+    }
+}
+
+fn keyed_requests(count: usize) -> Vec<Request<()>> {
+    (0..count)
+        .map(|i| {
+            Request::builder()
+                .uri(format!("/item?key=user-{i}"))
+                .header("x-key", format!("user-{i}"))
+                .body(())
+                .unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn keyed_routing_allocates_nothing() {
+    let set = Endpoints::from_iter((0..100u32).map(|i| (format!("10.0.0.{i}:80"), Echo)));
+    let header = || key::header(HeaderName::from_static("x-key"));
+    let mut hash = BalanceLayer::new(Hash::new(key::query("key").or("default"))).layer(set.clone());
+    let mut ring = BalanceLayer::new(ConsistentHash::new(header())).layer(set.clone());
+    let mut bounded = BalanceLayer::new(ConsistentHash::new(header()).bounded_load(1.25).unwrap())
+        .layer(set.clone());
+
+    for clone_per_request in [false, true] {
+        route_keyed(&mut hash, keyed_requests(100), clone_per_request);
+        route_keyed(&mut ring, keyed_requests(100), clone_per_request);
+        route_keyed(&mut bounded, keyed_requests(100), clone_per_request);
+
+        let requests = keyed_requests(10_000);
+        let allocations =
+            allocations_during(|| route_keyed(&mut hash, requests, clone_per_request));
+        assert_eq!(
+            allocations, 0,
+            "hash, clone per request: {clone_per_request}"
+        );
+        let requests = keyed_requests(10_000);
+        let allocations =
+            allocations_during(|| route_keyed(&mut ring, requests, clone_per_request));
+        assert_eq!(
+            allocations, 0,
+            "consistent hash, clone per request: {clone_per_request}"
+        );
+        let requests = keyed_requests(10_000);
+        let allocations =
+            allocations_during(|| route_keyed(&mut bounded, requests, clone_per_request));
+        assert_eq!(
+            allocations, 0,
+            "bounded load, clone per request: {clone_per_request}"
+        );
     }
 }
 
