@@ -60,8 +60,9 @@ pin_project! {
             // Released when the response completes or the future is dropped.
             in_flight: Option<InFlight>,
         },
+        // Boxed: only requests whose first choice was not ready at once pay for its size.
         Routing {
-            routing: Routing<S, Req>,
+            routing: Box<Routing<S, Req>>,
         },
         Failed {
             error: Option<BoxError>,
@@ -78,7 +79,9 @@ impl<S: Service<Req>, Req> ResponseFuture<S, Req> {
 
     pub(crate) fn routing(routing: Routing<S, Req>) -> Self {
         Self {
-            kind: Kind::Routing { routing },
+            kind: Kind::Routing {
+                routing: Box::new(routing),
+            },
         }
     }
 

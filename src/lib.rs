@@ -9,6 +9,10 @@
 //! - **Exact distributions**: [`RoundRobin`](strategy::RoundRobin) rotates exactly, across clones
 //!   and threads; [`WeightedRoundRobin`](strategy::WeightedRoundRobin) gives every endpoint its
 //!   weight's share of every period, interleaved as nginx does.
+//! - **Key affinity**: [`Hash`](strategy::Hash) maps request keys exactly as crc32 mod N does (the
+//!   classic Go handler); [`ConsistentHash`](strategy::ConsistentHash) keeps keys in place across
+//!   membership changes on a ketama ring, with optional bounded loads. Keys come from a query
+//!   parameter, a header, the path, the client address or a closure ([`key`]).
 //! - **Honest readiness**: the chosen endpoint's `poll_ready` is driven before it is called; busy
 //!   endpoints are passed over, failing ones skipped without being dropped from the set.
 //! - **Runtime membership**: an [`Endpoints`] handle inserts, removes and re-weights endpoints from

@@ -1,24 +1,34 @@
 //! Load-balancing strategies: how the balancer picks an endpoint for a request.
 //!
-//! | strategy | pick | weights | notes |
-//! |---|---|---|---|
-//! | [`RoundRobin`] | atomic cursor | ignored | exact rotation across clones and threads |
-//! | [`WeightedRoundRobin`] | precomputed smooth schedule + atomic cursor | yes | nginx's smooth sequence, exact counts per period |
+//! | strategy | pick | weights | unavailable endpoint | membership change |
+//! |---|---|---|---|---|
+//! | [`RoundRobin`] | atomic cursor | ignored | the next endpoints in set order | rotation goes on over the new set |
+//! | [`WeightedRoundRobin`] | precomputed smooth schedule + atomic cursor | exact share per period | the next endpoints in set order | new schedule |
+//! | [`Hash`](struct@Hash) | crc32 of the request key mod N (Go's mapping) | weighted slots | the next endpoints in key-byte order; only its keys move, and come back | most keys move |
+//! | [`ConsistentHash`] | ketama ring, bucket index | points per unit of weight | the next endpoints on the ring; only its keys move, and come back | only the keys it must move |
 //!
 //! A strategy is configuration plus shared state (a cursor). [`BalanceLayer`](crate::BalanceLayer)
 //! clones the strategy for every balancer it builds, and a fresh clone starts with fresh state; the
 //! clones of one [`Balance`](crate::Balance) share that state, so a balancer that is cloned for
 //! every request, as axum's router does, still rotates.
 //!
-//! Every membership change precomputes the strategy's tables (a weighted schedule, ...) once, off
-//! the request path; picking is then O(1) or O(log n), without locks or allocation.
+//! Every membership change precomputes the strategy's tables (a weighted schedule, a ring) once,
+//! off the request path; picking is then O(1) or O(log n), without locks or allocation.
 //!
 //! # Readiness
 //!
-//! The strategies here pick in `poll_ready`: the chosen endpoint is polled to readiness there, so
-//! its backpressure reaches the caller. When it is not ready, the balancer passes over it to the
-//! endpoints that follow it in set order, up to [`BalanceLayer::max_tries`](crate::BalanceLayer::max_tries)
-//! candidates, before returning `Pending` itself.
+//! The keyless strategies ([`RoundRobin`], [`WeightedRoundRobin`]) pick in `poll_ready`: the
+//! chosen endpoint is polled to readiness there, so its backpressure reaches the caller. When it
+//! is not ready, the balancer passes over it to the endpoints that follow it in set order, up to
+//! [`BalanceLayer::max_tries`](crate::BalanceLayer::max_tries) candidates, before returning
+//! `Pending` itself.
+//!
+//! The keyed strategies ([`Hash`](struct@Hash), [`ConsistentHash`]) cannot pick before they see the request:
+//! their `poll_ready` is ready while the set has endpoints, `call` takes the request's key (see
+//! [`key`](crate::key)) and picks its endpoint, and the response future drives that endpoint's
+//! readiness before calling it. An endpoint that is pending or fails its readiness check is passed
+//! over for the key's next candidate, up to `max_tries` of them; if all of those are pending the
+//! future waits for the first to become ready, in order of preference.
 //!
 //! # Examples
 //!
