@@ -347,12 +347,7 @@ where
         K: Borrow<Q>,
         Q: PartialEq + ?Sized,
     {
-        self.inner
-            .current
-            .load()
-            .list
-            .iter()
-            .any(|m| m.key.borrow() == key)
+        self.weight(key).is_some()
     }
 
     /// The weight of the endpoint with this key, if it is in the set.

@@ -133,32 +133,25 @@ fn keyed_routing_allocates_nothing() {
         .layer(set.clone());
 
     for clone_per_request in [false, true] {
-        route_keyed(&mut hash, keyed_requests(100), clone_per_request);
-        route_keyed(&mut ring, keyed_requests(100), clone_per_request);
-        route_keyed(&mut bounded, keyed_requests(100), clone_per_request);
-
-        let requests = keyed_requests(10_000);
-        let allocations =
-            allocations_during(|| route_keyed(&mut hash, requests, clone_per_request));
-        assert_eq!(
-            allocations, 0,
-            "hash, clone per request: {clone_per_request}"
-        );
-        let requests = keyed_requests(10_000);
-        let allocations =
-            allocations_during(|| route_keyed(&mut ring, requests, clone_per_request));
-        assert_eq!(
-            allocations, 0,
-            "consistent hash, clone per request: {clone_per_request}"
-        );
-        let requests = keyed_requests(10_000);
-        let allocations =
-            allocations_during(|| route_keyed(&mut bounded, requests, clone_per_request));
-        assert_eq!(
-            allocations, 0,
-            "bounded load, clone per request: {clone_per_request}"
-        );
+        assert_keyed_routing_allocates_nothing(&mut hash, "hash", clone_per_request);
+        assert_keyed_routing_allocates_nothing(&mut ring, "consistent hash", clone_per_request);
+        assert_keyed_routing_allocates_nothing(&mut bounded, "bounded load", clone_per_request);
     }
+}
+
+/// Warms `svc` up, then routes 10,000 keyed requests (built beforehand) counting allocations.
+fn assert_keyed_routing_allocates_nothing<S>(svc: &mut S, name: &str, clone_per_request: bool)
+where
+    S: Service<Request<()>, Response = u64> + Clone,
+    S::Error: std::fmt::Debug,
+{
+    route_keyed(svc, keyed_requests(100), clone_per_request);
+    let requests = keyed_requests(10_000);
+    let allocations = allocations_during(|| route_keyed(svc, requests, clone_per_request));
+    assert_eq!(
+        allocations, 0,
+        "{name}, clone per request: {clone_per_request}"
+    );
 }
 
 fn route<S>(svc: &mut S, requests: u64, clone_per_request: bool)
