@@ -80,10 +80,11 @@ where
 {
     shared: Arc<Shared<St, K, S>>,
     /// The snapshot a reused clone routes with, refreshed when the shared version moves on:
-    /// checking it costs one plain load instead of an `ArcSwap` guard. A clone only fills it from
-    /// its second `poll_ready` on, so that a clone made for one request (as axum makes them) pays
+    /// checking it costs one plain load instead of an `ArcSwap` guard. A clone only fills it once
+    /// it has routed a request, so that a clone made for one request (as axum makes them) pays
     /// for a guard only, and a clone that is never polled (a router's template) pins no snapshot.
     cache: Option<Arc<Snapshot<St::Table, K, S>>>,
+    /// Whether this clone has routed a request.
     reused: bool,
     /// What the next `call` does; set by `poll_ready`.
     reserved: Reserved<S>,
@@ -252,18 +253,18 @@ impl<T, K, S> Current<'_, T, K, S> {
     }
 }
 
-/// The snapshot to route with. A clone fills its cache from its second use on, so that a clone
-/// made for one request pays for a guard only, and one that is never used pins no snapshot.
+/// The snapshot to route with. A clone fills its cache once it has routed a request (`reused`),
+/// so that a clone made for one request pays for a guard only, and one that is never used pins no
+/// snapshot.
 fn current<'a, St, K, S>(
     shared: &'a Shared<St, K, S>,
     cache: &'a mut Option<Arc<Snapshot<St::Table, K, S>>>,
-    reused: &mut bool,
+    reused: bool,
 ) -> Current<'a, St::Table, K, S>
 where
     St: Strategy<K>,
 {
-    let was_reused = std::mem::replace(reused, true);
-    if !was_reused {
+    if !reused {
         return Current::Loaded(shared.snapshot.load());
     }
     let version = shared.version.load(Ordering::Acquire);
@@ -322,18 +323,18 @@ where
         if !matches!(self.reserved, Reserved::None) {
             return Poll::Ready(Ok(()));
         }
-        let snapshot = current(&self.shared, &mut self.cache, &mut self.reused);
+        if St::KEYED {
+            // The endpoint depends on the request: `call` picks it (or fails the request if the
+            // set is empty), and the response future drives its readiness.
+            self.reserved = Reserved::Keyed;
+            return Poll::Ready(Ok(()));
+        }
+        let snapshot = current(&self.shared, &mut self.cache, self.reused);
         let members = &snapshot.members;
         let len = members.len();
         if len == 0 {
             self.pending.clear();
             self.reserved = Reserved::NoEndpoints;
-            return Poll::Ready(Ok(()));
-        }
-        if St::KEYED {
-            // The endpoint depends on the request: `call` picks it, and the response future
-            // drives its readiness.
-            self.reserved = Reserved::Keyed;
             return Poll::Ready(Ok(()));
         }
 
@@ -384,9 +385,12 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        match std::mem::replace(&mut self.reserved, Reserved::None) {
+        let reserved = std::mem::replace(&mut self.reserved, Reserved::None);
+        // From the next request on, this balancer is reused: cache the snapshot.
+        let first_use = !std::mem::replace(&mut self.reused, true);
+        match reserved {
             Reserved::Endpoint(mut service) => ResponseFuture::called(service.call(request), None),
-            Reserved::Keyed => self.call_keyed(request),
+            Reserved::Keyed => self.call_keyed(request, first_use),
             Reserved::NoEndpoints => ResponseFuture::failed(NoEndpoints::new().into()),
             Reserved::Unavailable { tried, error } => {
                 ResponseFuture::failed(Unavailable::new(tried, error).into())
@@ -404,7 +408,7 @@ where
 {
     /// Routes a request by its key: the key's own endpoint when it is ready at once (the common
     /// case, with no allocation), otherwise a [`Routing`] that walks the fallbacks.
-    fn call_keyed<Req>(&mut self, request: Req) -> ResponseFuture<S, Req>
+    fn call_keyed<Req>(&mut self, request: Req, first_use: bool) -> ResponseFuture<S, Req>
     where
         St: Route<K, Req>,
         S: Service<Req>,
@@ -415,7 +419,7 @@ where
             Some(key) => strategy.hash_key(&key),
             None => return ResponseFuture::failed(MissingKey::new().into()),
         };
-        let snapshot = current(&self.shared, &mut self.cache, &mut self.reused);
+        let snapshot = current(&self.shared, &mut self.cache, !first_use);
         if snapshot.members.len() == 0 {
             return ResponseFuture::failed(NoEndpoints::new().into());
         }
