@@ -423,6 +423,9 @@ where
         if snapshot.members.len() == 0 {
             return ResponseFuture::failed(NoEndpoints::new().into());
         }
+        if let Some(error) = snapshot.table.error() {
+            return ResponseFuture::failed(error.clone().into());
+        }
         let mut walker = Walker::new(snapshot.table.start(hash), strategy.load_factor());
         let Some((index, in_flight)) = walker.next::<S, _>(&*snapshot, &[]) else {
             return ResponseFuture::failed(Unavailable::new(0, None).into());
@@ -513,6 +516,9 @@ where
             return None;
         }
         let table = &self.snapshot.table;
+        if table.error().is_some() {
+            return None;
+        }
         let hash = self.shared.strategy.hash_key(key.as_ref());
         Some(&self.snapshot.members.list[table.owner(table.start(hash))].key)
     }

@@ -58,18 +58,20 @@
 
 mod consistent_hash;
 mod hash;
+mod maglev;
 pub(crate) mod ring;
 mod round_robin;
 mod weighted_round_robin;
 
 pub use self::consistent_hash::ConsistentHash;
 pub use self::hash::Hash;
+pub use self::maglev::Maglev;
 pub use self::round_robin::RoundRobin;
 pub use self::weighted_round_robin::WeightedRoundRobin;
 
 use std::borrow::Cow;
 
-use crate::endpoints::Member;
+use crate::{endpoints::Member, error::InvalidConfig};
 
 /// A load-balancing strategy, usable with [`BalanceLayer`](crate::BalanceLayer) over endpoints
 /// keyed by `K`.
@@ -129,6 +131,11 @@ pub trait Walk {
     fn start(&self, hash: u64) -> usize;
     /// The index (in set order) of the endpoint owning `position`.
     fn owner(&self, position: usize) -> usize;
+    /// Why the table could not be built for its membership, if it could not (its requests fail
+    /// with this error).
+    fn error(&self) -> Option<&InvalidConfig> {
+        None
+    }
 }
 
 impl Walk for () {

@@ -209,7 +209,7 @@ fn point_hash(seed: u64, index: u32) -> u64 {
 }
 
 /// FNV-1a, 64 bits.
-fn fnv1a64(bytes: &[u8]) -> u64 {
+pub(crate) fn fnv1a64(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     })
@@ -217,7 +217,7 @@ fn fnv1a64(bytes: &[u8]) -> u64 {
 
 /// murmur3's 64-bit finalizer: a bijection whose every output bit depends on every input bit.
 #[inline]
-fn fmix64(mut x: u64) -> u64 {
+pub(crate) fn fmix64(mut x: u64) -> u64 {
     x ^= x >> 33;
     x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
     x ^= x >> 33;
