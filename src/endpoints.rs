@@ -5,7 +5,10 @@ use std::{
     fmt,
     iter::FromIterator,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
-    sync::{atomic::AtomicUsize, Arc, Mutex, MutexGuard, Weak},
+    sync::{
+        atomic::{AtomicU64, AtomicUsize},
+        Arc, Mutex, MutexGuard, Weak,
+    },
 };
 
 use arc_swap::ArcSwap;
@@ -108,6 +111,11 @@ pub(crate) struct EndpointState {
     /// Requests routed to the endpoint whose response has not completed or been dropped, counted
     /// by the strategies that balance on load.
     pub(crate) in_flight: AtomicUsize,
+    /// The peak-EWMA round-trip estimate in nanoseconds, as `f64` bits; 0 before the first
+    /// sample. Kept only by the strategies that balance on latency.
+    pub(crate) rtt: AtomicU64,
+    /// When `rtt` was last updated, on the clock of [`crate::load::now`].
+    pub(crate) rtt_at: AtomicU64,
 }
 
 /// Something that must see every new snapshot of a set, such as a balancer's precomputed tables.
@@ -363,6 +371,25 @@ where
             .iter()
             .find(|m| m.key.borrow() == key)
             .map(|m| m.weight)
+    }
+
+    /// The requests in flight on the endpoint with this key, as counted by the strategies that
+    /// balance on load ([`PowerOfTwoChoices`](crate::strategy::PowerOfTwoChoices), and
+    /// [`ConsistentHash`](crate::strategy::ConsistentHash) with bounded loads): from the moment
+    /// the request is routed to it until its response completes or is dropped. Always 0 under
+    /// the other strategies.
+    pub fn in_flight<Q>(&self, key: &Q) -> Option<usize>
+    where
+        K: Borrow<Q>,
+        Q: PartialEq + ?Sized,
+    {
+        self.inner
+            .current
+            .load()
+            .list
+            .iter()
+            .find(|m| m.key.borrow() == key)
+            .map(|m| m.state.in_flight.load(std::sync::atomic::Ordering::Acquire))
     }
 
     /// The keys of the endpoints, in set order.

@@ -102,7 +102,13 @@ where
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
             let routed = match self.as_mut().project().kind.project() {
-                KindProj::Called { future, .. } => return future.poll(cx).map_err(Into::into),
+                KindProj::Called { future, in_flight } => {
+                    let output = std::task::ready!(future.poll(cx));
+                    if let Some(in_flight) = in_flight.take() {
+                        in_flight.complete();
+                    }
+                    return Poll::Ready(output.map_err(Into::into));
+                }
                 KindProj::Failed { error } => {
                     return Poll::Ready(Err(error
                         .take()

@@ -14,6 +14,7 @@ use crate::{
     endpoints::{EndpointState, Members, Watch},
     error::{MissingKey, NoEndpoints, NotReady, Unavailable},
     future::ResponseFuture,
+    load::InFlight,
     route::{Candidates, Routing, Walker},
     strategy::{Route, Strategy, Walk},
     BoxError, Endpoints,
@@ -88,15 +89,16 @@ where
     reused: bool,
     /// What the next `call` does; set by `poll_ready`.
     reserved: Reserved<S>,
-    /// Candidates that returned `Pending`, kept so that their wakers stay registered, and the
-    /// membership version they belong to.
-    pending: Vec<S>,
+    /// Candidates that returned `Pending` (with their index in the snapshot), kept so that their
+    /// wakers stay registered, and the membership version they belong to.
+    pending: Vec<(usize, S)>,
     pending_version: u64,
 }
 
 enum Reserved<S> {
     None,
-    Endpoint(S),
+    /// The endpoint the next `call` goes to, counted in flight if the strategy balances on load.
+    Endpoint(S, Option<InFlight>),
     /// A keyed strategy is ready; `call` picks by the request's key.
     Keyed,
     NoEndpoints,
@@ -341,8 +343,12 @@ where
         if !self.pending.is_empty() {
             if self.pending_version == members.version {
                 match poll_pending(&mut self.pending, cx) {
-                    Some(Poll::Ready(service)) => {
-                        self.reserved = Reserved::Endpoint(service);
+                    Some(Poll::Ready((index, service))) => {
+                        let in_flight = self
+                            .shared
+                            .strategy
+                            .track(&members.list[index], &members.in_flight);
+                        self.reserved = Reserved::Endpoint(service, in_flight);
                         return Poll::Ready(Ok(()));
                     }
                     Some(Poll::Pending) => return Poll::Pending,
@@ -354,7 +360,7 @@ where
             }
         }
 
-        let first = self.shared.strategy.first(&snapshot.table, len);
+        let first = self.shared.strategy.first(&snapshot.table, &members.list);
         let tries = self.shared.max_tries.min(len);
         let mut error = None;
         for step in 0..tries {
@@ -366,10 +372,14 @@ where
             match service.poll_ready(cx) {
                 Poll::Ready(Ok(())) => {
                     self.pending.clear();
-                    self.reserved = Reserved::Endpoint(service);
+                    let in_flight = self
+                        .shared
+                        .strategy
+                        .track(&members.list[index], &members.in_flight);
+                    self.reserved = Reserved::Endpoint(service, in_flight);
                     return Poll::Ready(Ok(()));
                 }
-                Poll::Pending => self.pending.push(service),
+                Poll::Pending => self.pending.push((index, service)),
                 Poll::Ready(Err(e)) => error = Some(e.into()),
             }
         }
@@ -389,7 +399,9 @@ where
         // From the next request on, this balancer is reused: cache the snapshot.
         let first_use = !std::mem::replace(&mut self.reused, true);
         match reserved {
-            Reserved::Endpoint(mut service) => ResponseFuture::called(service.call(request), None),
+            Reserved::Endpoint(mut service, in_flight) => {
+                ResponseFuture::called(service.call(request), in_flight)
+            }
             Reserved::Keyed => self.call_keyed(request, first_use),
             Reserved::NoEndpoints => ResponseFuture::failed(NoEndpoints::new().into()),
             Reserved::Unavailable { tried, error } => {
@@ -546,19 +558,22 @@ where
     }
 }
 
-/// Polls the kept candidates: `Some(Ready(service))` for the first that is ready, `Some(Pending)`
+/// Polls the kept candidates: `Some(Ready(candidate))` for the first that is ready, `Some(Pending)`
 /// if the others are all still pending, `None` if every one failed. Failed ones are dropped.
-fn poll_pending<S, Req>(pending: &mut Vec<S>, cx: &mut Context<'_>) -> Option<Poll<S>>
+fn poll_pending<S, Req>(
+    pending: &mut Vec<(usize, S)>,
+    cx: &mut Context<'_>,
+) -> Option<Poll<(usize, S)>>
 where
     S: Service<Req>,
 {
     let mut i = 0;
     while i < pending.len() {
-        match pending[i].poll_ready(cx) {
+        match pending[i].1.poll_ready(cx) {
             Poll::Ready(Ok(())) => {
-                let service = pending.swap_remove(i);
+                let candidate = pending.swap_remove(i);
                 pending.clear();
-                return Some(Poll::Ready(service));
+                return Some(Poll::Ready(candidate));
             }
             Poll::Ready(Err(_)) => {
                 pending.remove(i);

@@ -59,6 +59,8 @@
 mod consistent_hash;
 mod hash;
 mod maglev;
+mod p2c;
+mod random;
 pub(crate) mod ring;
 mod round_robin;
 mod weighted_round_robin;
@@ -66,12 +68,17 @@ mod weighted_round_robin;
 pub use self::consistent_hash::ConsistentHash;
 pub use self::hash::Hash;
 pub use self::maglev::Maglev;
+pub use self::p2c::PowerOfTwoChoices;
+pub use self::random::Random;
 pub use self::round_robin::RoundRobin;
 pub use self::weighted_round_robin::WeightedRoundRobin;
 
-use std::borrow::Cow;
+use std::{
+    borrow::Cow,
+    sync::{atomic::AtomicUsize, Arc},
+};
 
-use crate::{endpoints::Member, error::InvalidConfig};
+use crate::{endpoints::Member, error::InvalidConfig, load::InFlight};
 
 /// A load-balancing strategy, usable with [`BalanceLayer`](crate::BalanceLayer) over endpoints
 /// keyed by `K`.
@@ -91,11 +98,18 @@ pub trait Strategy<K>: sealed::Sealed + Send + Sync + 'static {
     #[doc(hidden)]
     fn build<S>(&self, members: &[Member<K, S>]) -> Self::Table;
 
-    /// Keyless strategies: the first candidate for the next request, an index below `len`, the
-    /// number of endpoints (at least 1). Called on the request path: no locks, no allocation.
+    /// Keyless strategies: the first candidate for the next request, an index into `members`
+    /// (never empty). Called on the request path: no locks, no allocation.
     #[doc(hidden)]
-    fn first(&self, _table: &Self::Table, _len: usize) -> usize {
+    fn first<S>(&self, _table: &Self::Table, _members: &[Member<K, S>]) -> usize {
         0
+    }
+
+    /// Keyless strategies that balance on load: counts a request reserved on `member` as in
+    /// flight until its response completes or is dropped.
+    #[doc(hidden)]
+    fn track<S>(&self, _member: &Member<K, S>, _total: &Arc<AtomicUsize>) -> Option<InFlight> {
+        None
     }
 
     /// Keyed strategies: the hash of a request key that [`Walk::start`] takes.
@@ -177,5 +191,44 @@ impl Cursor {
     #[inline]
     pub(crate) fn next(&self) -> usize {
         self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// A fast random source shared by the clones of a balancer: splitmix64 over an atomic counter, so
+/// picks need no lock and no thread-local state, and a seeded source replays the same sequence
+/// (on one thread).
+#[derive(Debug)]
+pub(crate) struct Rng(Cursor64);
+
+#[repr(align(64))]
+#[derive(Debug)]
+struct Cursor64(std::sync::atomic::AtomicU64);
+
+impl Rng {
+    pub(crate) fn seeded(seed: u64) -> Self {
+        Self(Cursor64(std::sync::atomic::AtomicU64::new(seed)))
+    }
+
+    /// A seed that differs between balancers and runs.
+    pub(crate) fn from_entropy() -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        // `RandomState` is seeded by the OS once per thread, then incremented per instance.
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u64(0x5eed);
+        Self::seeded(hasher.finish())
+    }
+
+    #[inline]
+    pub(crate) fn next(&self) -> u64 {
+        let state = (self.0)
+            .0
+            .fetch_add(0x9e37_79b9_7f4a_7c15, std::sync::atomic::Ordering::Relaxed);
+        ring::fmix64(state.wrapping_add(0x9e37_79b9_7f4a_7c15))
+    }
+
+    /// A uniform index below `n` (Lemire's multiply-shift; `n` at least 1).
+    #[inline]
+    pub(crate) fn below(&self, n: usize) -> usize {
+        ((u128::from(self.next()) * n as u128) >> 64) as usize
     }
 }

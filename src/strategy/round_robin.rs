@@ -68,7 +68,7 @@ impl<K> Strategy<K> for RoundRobin {
     fn build<S>(&self, _members: &[Member<K, S>]) {}
 
     #[inline]
-    fn first(&self, _table: &(), len: usize) -> usize {
-        self.cursor.next() % len
+    fn first<S>(&self, _table: &(), members: &[Member<K, S>]) -> usize {
+        self.cursor.next() % members.len()
     }
 }

@@ -268,7 +268,7 @@ impl<K> Strategy<K> for WeightedRoundRobin {
     }
 
     #[inline]
-    fn first(&self, schedule: &Schedule, _len: usize) -> usize {
+    fn first<S>(&self, schedule: &Schedule, _members: &[Member<K, S>]) -> usize {
         schedule.at(self.cursor.next())
     }
 }

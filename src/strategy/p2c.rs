@@ -1,0 +1,217 @@
+use std::{
+    fmt,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use super::{sealed::Sealed, Rng, Strategy};
+use crate::{
+    endpoints::Member,
+    error::InvalidConfig,
+    load::{self, InFlight},
+};
+
+/// Power of two choices: each request draws two distinct endpoints at random and goes to the
+/// less loaded one (Mitzenmacher), which keeps the busiest endpoint's load close to the mean
+/// without a global scan, and steers traffic away from slow endpoints.
+///
+/// The load is, by default, the endpoint's requests in flight; with
+/// [`peak_ewma`](PowerOfTwoChoices::peak_ewma), its peak-EWMA round-trip estimate times its
+/// requests in flight plus one, as tower's `PeakEwma` measures it. Either is divided by the
+/// endpoint's weight, so an endpoint of weight 2 is chosen until it carries twice the load. The
+/// counts and estimates belong to the endpoint set: every clone of the balancer, and every
+/// balancer over the same set, sees the same loads. A request counts from the moment its endpoint
+/// is reserved in `poll_ready` until its response completes or its future is dropped.
+///
+/// With a single endpoint, it is used. An endpoint that is not ready is passed over for the
+/// endpoints after it in set order, as with the other keyless strategies.
+///
+/// Draws come from a fast generator shared by the clones (no lock, no SipHash);
+/// [`PowerOfTwoChoices::seeded`] replays the same draws, for reproducible tests.
+///
+/// # Differences from `tower::balance::p2c`
+///
+/// tower's balancer needs each endpoint wrapped in a load-measuring service and its balancer
+/// behind a `Buffer` to be shared; it drops an endpoint whose readiness fails. Here the loads are
+/// kept beside the endpoint set, shared by all clones, and an endpoint that fails its readiness
+/// check is skipped for that request only.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use tower::{service_fn, Layer, ServiceExt};
+/// use tower_lb::{strategy::PowerOfTwoChoices, BalanceLayer, Endpoints};
+///
+/// # tokio_test::block_on(async {
+/// let backend = |name: &'static str| service_fn(move |_req: ()| async move {
+///     Ok::<_, std::convert::Infallible>(name)
+/// });
+/// let set = Endpoints::from_iter([("a", backend("a")), ("b", backend("b")), ("c", backend("c"))]);
+///
+/// // Least requests in flight:
+/// let balance = BalanceLayer::new(PowerOfTwoChoices::new()).layer(set.clone());
+/// balance.oneshot(()).await.unwrap();
+///
+/// // Least latency-weighted load:
+/// let strategy = PowerOfTwoChoices::new()
+///     .peak_ewma(Duration::from_millis(30), Duration::from_secs(10))
+///     .unwrap();
+/// let balance = BalanceLayer::new(strategy).layer(set);
+/// balance.oneshot(()).await.unwrap();
+/// # });
+/// ```
+pub struct PowerOfTwoChoices {
+    rng: Rng,
+    seed: Option<u64>,
+    /// With latency: the estimate of an endpoint not yet measured, and the decay period, in ns.
+    peak_ewma: Option<(f64, f64)>,
+}
+
+impl PowerOfTwoChoices {
+    /// Balances on requests in flight, with a generator seeded differently for every strategy
+    /// and run.
+    pub fn new() -> Self {
+        Self {
+            rng: Rng::from_entropy(),
+            seed: None,
+            peak_ewma: None,
+        }
+    }
+
+    /// Balances on requests in flight, with a generator seeded with `seed`: the same seed
+    /// replays the same draws.
+    pub fn seeded(seed: u64) -> Self {
+        Self {
+            rng: Rng::seeded(seed),
+            seed: Some(seed),
+            peak_ewma: None,
+        }
+    }
+
+    /// Balances on the peak-EWMA round-trip estimate times the requests in flight plus one.
+    ///
+    /// `default_rtt` is the estimate of an endpoint until its first response; `decay` is how
+    /// fast the estimate forgets: a faster response pulls it down by `1 - e^(-elapsed / decay)`
+    /// of the difference, a slower one replaces it at once, and an estimate not refreshed for a
+    /// while decays towards zero so that the endpoint gets tried again.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidConfig`] if `default_rtt` or `decay` is zero.
+    pub fn peak_ewma(
+        mut self,
+        default_rtt: Duration,
+        decay: Duration,
+    ) -> Result<Self, InvalidConfig> {
+        if default_rtt.is_zero() {
+            return Err(InvalidConfig::new("default rtt", "more than zero", "0s"));
+        }
+        if decay.is_zero() {
+            return Err(InvalidConfig::new("decay", "more than zero", "0s"));
+        }
+        self.peak_ewma = Some((default_rtt.as_nanos() as f64, decay.as_nanos() as f64));
+        Ok(self)
+    }
+
+    /// The load of `member` divided by its weight, at time `now` (used with peak EWMA only).
+    #[inline]
+    fn cost<K, S>(&self, member: &Member<K, S>, now: u64) -> f64 {
+        let in_flight = member.state.in_flight.load(Ordering::Acquire) as f64;
+        let load = match self.peak_ewma {
+            None => in_flight,
+            Some((default_ns, decay_ns)) => {
+                load::rtt_estimate(&member.state, now, default_ns, decay_ns) * (in_flight + 1.0)
+            }
+        };
+        load / f64::from(member.weight)
+    }
+}
+
+impl Default for PowerOfTwoChoices {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A clone starts a fresh generator (with the same seed for a seeded strategy); loads live in
+/// the endpoint set, not in the strategy.
+impl Clone for PowerOfTwoChoices {
+    fn clone(&self) -> Self {
+        let rng = match self.seed {
+            Some(seed) => Rng::seeded(seed),
+            None => Rng::from_entropy(),
+        };
+        Self {
+            rng,
+            seed: self.seed,
+            peak_ewma: self.peak_ewma,
+        }
+    }
+}
+
+impl fmt::Debug for PowerOfTwoChoices {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PowerOfTwoChoices")
+            .field("seed", &self.seed)
+            .field(
+                "load",
+                &if self.peak_ewma.is_some() {
+                    "peak ewma"
+                } else {
+                    "in flight"
+                },
+            )
+            .finish()
+    }
+}
+
+impl Sealed for PowerOfTwoChoices {}
+
+super::keyless_route!(PowerOfTwoChoices);
+
+impl<K> Strategy<K> for PowerOfTwoChoices {
+    type Table = ();
+
+    fn build<S>(&self, _members: &[Member<K, S>]) {}
+
+    #[inline]
+    fn first<S>(&self, _table: &(), members: &[Member<K, S>]) -> usize {
+        let n = members.len();
+        if n == 1 {
+            return 0;
+        }
+        let a = self.rng.below(n);
+        let b = (a + 1 + self.rng.below(n - 1)) % n;
+        let (x, y) = (&members[a], &members[b]);
+        let a_wins = match self.peak_ewma {
+            None => {
+                // Integer cross-multiplication: in_flight / weight without division.
+                let load_a = x.state.in_flight.load(Ordering::Acquire) as u128;
+                let load_b = y.state.in_flight.load(Ordering::Acquire) as u128;
+                load_a * u128::from(y.weight) <= load_b * u128::from(x.weight)
+            }
+            Some(_) => {
+                let now = load::now();
+                self.cost(x, now) <= self.cost(y, now)
+            }
+        };
+        if a_wins {
+            a
+        } else {
+            b
+        }
+    }
+
+    #[inline]
+    fn track<S>(&self, member: &Member<K, S>, total: &Arc<AtomicUsize>) -> Option<InFlight> {
+        let in_flight = InFlight::acquire(&member.state, total);
+        Some(match self.peak_ewma {
+            None => in_flight,
+            Some((_, decay_ns)) => in_flight.timed(decay_ns),
+        })
+    }
+}
