@@ -12,7 +12,11 @@
 //! - `tower_lb_round_robin_clone_per_request`: a fresh clone of the round robin balancer for every
 //!   request, as axum's router does, then `poll_ready` + `call` on the clone;
 //! - `tower_p2c_constant`: `tower::balance::p2c::Balance` over a `ServiceList` of the endpoints
-//!   wrapped in `tower::load::Constant`, the peer.
+//!   wrapped in `tower::load::Constant`, the peer;
+//! - `tower_lb_p2c_in_flight` and `tower_p2c_pending_requests`: power of two choices on requests
+//!   in flight, tower-lb's `PowerOfTwoChoices` against tower's p2c over `PendingRequests`;
+//! - `tower_lb_p2c_peak_ewma` and `tower_p2c_peak_ewma`: the same on peak-EWMA latency (1 ms
+//!   default round trip, 10 s decay) against tower's `PeakEwma`.
 //!
 //! Run it with:
 //!
@@ -39,10 +43,14 @@ use std::{
 
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
 use futures_util::task::noop_waker_ref;
-use tower::{balance::p2c, discover::ServiceList, load::Constant};
+use tower::{
+    balance::p2c,
+    discover::ServiceList,
+    load::{CompleteOnResponse, Constant, PeakEwma, PendingRequests},
+};
 use tower_layer::Layer;
 use tower_lb::{
-    strategy::{RoundRobin, WeightedRoundRobin},
+    strategy::{PowerOfTwoChoices, RoundRobin, WeightedRoundRobin},
     Balance, BalanceLayer, Endpoints,
 };
 use tower_service::Service;
@@ -126,16 +134,37 @@ fn weighted_round_robin(n: usize) -> Balance<WeightedRoundRobin, usize, Endpoint
     BalanceLayer::new(WeightedRoundRobin::new()).layer(set)
 }
 
-type P2c = p2c::Balance<ServiceList<Vec<Constant<Endpoint, u32>>>, u64>;
+fn power_of_two_choices(n: usize, peak_ewma: bool) -> Balance<PowerOfTwoChoices, usize, Endpoint> {
+    let set = Endpoints::from_iter(endpoints(n).enumerate());
+    let mut strategy = PowerOfTwoChoices::seeded(1);
+    if peak_ewma {
+        strategy = strategy
+            .peak_ewma(Duration::from_millis(1), Duration::from_secs(10))
+            .expect("valid peak EWMA settings");
+    }
+    BalanceLayer::new(strategy).layer(set)
+}
 
-/// tower's p2c balancer, its discovery fully processed so that it tracks all `n` endpoints.
-fn p2c_constant(n: usize) -> P2c {
-    let services: Vec<_> = endpoints(n).map(|e| Constant::new(e, 1)).collect();
+/// tower's p2c balancer over `n` endpoints wrapped by `wrap`, its discovery fully processed so
+/// that it tracks all of them.
+fn tower_p2c<L>(n: usize, wrap: impl Fn(Endpoint) -> L) -> p2c::Balance<ServiceList<Vec<L>>, u64>
+where
+    L: Service<u64> + tower::load::Load,
+    L::Metric: std::fmt::Debug,
+    L::Error: Into<tower::BoxError>,
+{
+    let services: Vec<L> = endpoints(n).map(wrap).collect();
     let mut balance = p2c::Balance::new(ServiceList::new::<u64>(services));
     let mut cx = Context::from_waker(noop_waker_ref());
     assert!(balance.poll_ready(&mut cx).is_ready());
     assert_eq!(balance.len(), n, "p2c has not discovered every endpoint");
     balance
+}
+
+type P2c = p2c::Balance<ServiceList<Vec<Constant<Endpoint, u32>>>, u64>;
+
+fn p2c_constant(n: usize) -> P2c {
+    tower_p2c(n, |e| Constant::new(e, 1))
 }
 
 /// Checks that the balancers spread requests over the whole set before measuring them.
@@ -184,6 +213,36 @@ fn balance(c: &mut Criterion) {
         });
 
         bench_service(&mut group, "tower_p2c_constant", p2c_constant(n));
+
+        bench_service(
+            &mut group,
+            "tower_lb_p2c_in_flight",
+            power_of_two_choices(n, false),
+        );
+        bench_service(
+            &mut group,
+            "tower_p2c_pending_requests",
+            tower_p2c(n, |e| {
+                PendingRequests::new(e, CompleteOnResponse::default())
+            }),
+        );
+        bench_service(
+            &mut group,
+            "tower_lb_p2c_peak_ewma",
+            power_of_two_choices(n, true),
+        );
+        bench_service(
+            &mut group,
+            "tower_p2c_peak_ewma",
+            tower_p2c(n, |e| {
+                PeakEwma::new(
+                    e,
+                    Duration::from_millis(1),
+                    Duration::from_secs(10).as_nanos() as f64,
+                    CompleteOnResponse::default(),
+                )
+            }),
+        );
 
         group.finish();
     }

@@ -13,6 +13,7 @@
 //!   key modulo N), the `KeyMap` taken once outside the timed loop;
 //! - `tower_lb_consistent_hash`: the same with `strategy::ConsistentHash` (160 points per unit of
 //!   weight, the default);
+//! - `tower_lb_maglev`: the same with `strategy::Maglev` (a 65,537-entry table);
 //! - `pingora_ketama`: `pingora_ketama::Continuum::node(key)` over `Bucket::new(addr, 1)` for the
 //!   same addresses (weight 1 is 160 points there too: `DEFAULT_POINT_MULTIPLE`). `node` returns
 //!   the chosen address, as `endpoint_for_key` returns the chosen endpoint's key; `node_idx` stops
@@ -30,7 +31,11 @@
 //!
 //! - `direct_request`: one endpoint called directly, the floor;
 //! - `tower_lb_hash_request`: a `Balance` with `strategy::Hash`;
-//! - `tower_lb_consistent_hash_request`: a `Balance` with `strategy::ConsistentHash`.
+//! - `tower_lb_consistent_hash_request`: a `Balance` with `strategy::ConsistentHash`;
+//! - `tower_lb_maglev_request`: a `Balance` with `strategy::Maglev`.
+//!
+//! A last group, `maglev_build`, times building a Maglev table of 65,537 entries for N = 100 and
+//! 1000 endpoints: the work a membership change does off the request path.
 //!
 //! `http::Request<()>` is neither `Clone` nor free to build (its header map allocates), and `call`
 //! consumes it. The request benchmarks therefore use criterion's `iter_batched` with batches of
@@ -79,7 +84,7 @@ use pingora_ketama::{Bucket, Continuum};
 use tower_layer::Layer;
 use tower_lb::{
     key::{self, Header},
-    strategy::{ConsistentHash, Hash, Strategy},
+    strategy::{ConsistentHash, Hash, Maglev, Strategy},
     Balance, BalanceLayer, EndpointKey, Endpoints,
 };
 use tower_service::Service;
@@ -135,6 +140,10 @@ fn hash(n: usize) -> Balance<Hash<Header>, SocketAddr, Endpoint> {
 
 fn consistent_hash(n: usize) -> Balance<ConsistentHash<Header>, SocketAddr, Endpoint> {
     BalanceLayer::new(ConsistentHash::new(key_header())).layer(endpoints(n))
+}
+
+fn maglev(n: usize) -> Balance<Maglev<Header>, SocketAddr, Endpoint> {
+    BalanceLayer::new(Maglev::new(key_header())).layer(endpoints(n))
 }
 
 fn ketama(n: usize) -> Continuum {
@@ -274,6 +283,12 @@ fn keyed(c: &mut Criterion) {
             map.endpoint_for_key(key)
         });
 
+        let balance = maglev(n);
+        let map = balance.key_map();
+        bench_lookup(&mut group, "tower_lb_maglev", &keys, |key| {
+            map.endpoint_for_key(key)
+        });
+
         let continuum = ketama(n);
         bench_lookup(&mut group, "pingora_ketama", &keys, |key| {
             continuum.node(key)
@@ -288,8 +303,25 @@ fn keyed(c: &mut Criterion) {
             consistent_hash(n),
         );
 
+        bench_requests(&mut group, "tower_lb_maglev_request", &keys, maglev(n));
+
         group.finish();
     }
+
+    // Building the Maglev table (65,537 entries) when the membership changes, off the request
+    // path: one `Balance` over a fresh set per iteration.
+    let mut group = c.benchmark_group("maglev_build");
+    group.sample_size(10);
+    for n in [100, 1000] {
+        group.bench_function(format!("N={n}"), |b| {
+            b.iter_batched(
+                || endpoints(n),
+                |set| black_box(BalanceLayer::new(Maglev::new(key_header())).layer(set)),
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    group.finish();
 }
 
 criterion_group! {

@@ -6,7 +6,7 @@ use std::{
     iter::FromIterator,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
     sync::{
-        atomic::{AtomicU64, AtomicUsize},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex, MutexGuard, Weak,
     },
 };
@@ -108,11 +108,26 @@ impl<K, S> Member<K, S> {
 /// Counters of one endpoint, shared by every snapshot and balancer of its set.
 #[derive(Debug, Default)]
 pub(crate) struct EndpointState {
-    /// Requests routed to the endpoint whose response has not completed or been dropped, counted
-    /// by the strategies that balance on load.
+    /// Requests counted by the strategies that must cap an endpoint's load exactly (bounded
+    /// loads), from routing until the response completes or is dropped.
     pub(crate) in_flight: AtomicUsize,
-    /// The peak-EWMA round-trip estimate in nanoseconds, as `f64` bits; 0 before the first
-    /// sample. Kept only by the strategies that balance on latency.
+    /// Held by every request in flight that the load-comparing strategies count: its strong
+    /// count less one is their number, so counting a request costs one reference-count update
+    /// each way. Also holds the latency estimate those requests feed.
+    pub(crate) load: Arc<Latency>,
+}
+
+impl EndpointState {
+    /// All the requests in flight on the endpoint that any strategy counts.
+    pub(crate) fn requests(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire) + Arc::strong_count(&self.load) - 1
+    }
+}
+
+/// An endpoint's peak-EWMA round-trip estimate.
+#[derive(Debug, Default)]
+pub(crate) struct Latency {
+    /// The estimate in nanoseconds, as `f64` bits; 0 before the first sample.
     pub(crate) rtt: AtomicU64,
     /// When `rtt` was last updated, on the clock of [`crate::load::now`].
     pub(crate) rtt_at: AtomicU64,
@@ -389,7 +404,7 @@ where
             .list
             .iter()
             .find(|m| m.key.borrow() == key)
-            .map(|m| m.state.in_flight.load(std::sync::atomic::Ordering::Acquire))
+            .map(|m| m.state.requests())
     }
 
     /// The keys of the endpoints, in set order.

@@ -2,30 +2,40 @@
 
 use std::{
     sync::{
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
         Arc, OnceLock,
     },
     time::Instant,
 };
 
-use crate::endpoints::EndpointState;
+use crate::endpoints::{EndpointState, Latency};
 
-/// Counts one request against an endpoint and its set until it is dropped, so that a completed,
-/// failed or cancelled request releases its count alike.
+/// Counts one request against an endpoint (and maybe its set) until it is dropped, so that a
+/// completed, failed or cancelled request releases its count alike.
 ///
 /// Public only to appear in the sealed strategy trait; it cannot be reached from outside the crate.
 #[derive(Debug)]
 #[allow(unreachable_pub)]
-pub struct InFlight {
-    endpoint: Arc<EndpointState>,
-    total: Arc<AtomicUsize>,
-    /// With latency tracking: when the request was reserved, and the estimate's decay period.
-    latency: Option<(u64, f64)>,
+pub struct InFlight(Count);
+
+#[derive(Debug)]
+enum Count {
+    /// An exact count, for capacity checks: the endpoint's counter and the set's.
+    Exact {
+        endpoint: Arc<EndpointState>,
+        total: Option<Arc<AtomicUsize>>,
+    },
+    /// A count by reference: holding the endpoint's latency cell is being counted. With timing,
+    /// when the request was sent and the estimate's decay period.
+    Held {
+        latency: Arc<Latency>,
+        sent: Option<(u64, f64)>,
+    },
 }
 
 impl InFlight {
     /// Counts a request against `endpoint` if that leaves it at most `capacity` requests in
-    /// flight; `None` if it is full.
+    /// flight, and against its set; `None` if the endpoint is full.
     pub(crate) fn try_acquire(
         endpoint: &Arc<EndpointState>,
         total: &Arc<AtomicUsize>,
@@ -38,65 +48,111 @@ impl InFlight {
             })
             .ok()?;
         total.fetch_add(1, Ordering::AcqRel);
-        Some(Self {
+        Some(Self(Count::Exact {
             endpoint: Arc::clone(endpoint),
-            total: Arc::clone(total),
-            latency: None,
+            total: Some(Arc::clone(total)),
+        }))
+    }
+
+    /// Counts a request against `endpoint` and its set whatever their loads.
+    pub(crate) fn acquire_with_total(
+        endpoint: &Arc<EndpointState>,
+        total: &Arc<AtomicUsize>,
+    ) -> Self {
+        endpoint.in_flight.fetch_add(1, Ordering::AcqRel);
+        total.fetch_add(1, Ordering::AcqRel);
+        Self(Count::Exact {
+            endpoint: Arc::clone(endpoint),
+            total: Some(Arc::clone(total)),
         })
     }
 
-    /// Counts a request against `endpoint` whatever its load.
-    pub(crate) fn acquire(endpoint: &Arc<EndpointState>, total: &Arc<AtomicUsize>) -> Self {
-        endpoint.in_flight.fetch_add(1, Ordering::AcqRel);
-        total.fetch_add(1, Ordering::AcqRel);
-        Self {
-            endpoint: Arc::clone(endpoint),
-            total: Arc::clone(total),
-            latency: None,
-        }
+    /// Counts a request against `endpoint` by holding its latency cell: one reference-count
+    /// update each way.
+    pub(crate) fn hold(endpoint: &EndpointState) -> Self {
+        Self(Count::Held {
+            latency: Arc::clone(&endpoint.load),
+            sent: None,
+        })
     }
 
     /// Also measures the request's round trip, from now to [`InFlight::complete`], into the
-    /// endpoint's peak-EWMA estimate with decay period `decay_ns`.
+    /// endpoint's peak-EWMA estimate with decay period `decay_ns`. Only for held counts.
     pub(crate) fn timed(mut self, decay_ns: f64) -> Self {
-        self.latency = Some((now(), decay_ns));
+        if let Count::Held { sent, .. } = &mut self.0 {
+            *sent = Some((now(), decay_ns));
+        }
         self
     }
 
     /// The response arrived: records its round trip if timed, then releases the count.
     pub(crate) fn complete(self) {
-        if let Some((sent, decay_ns)) = self.latency {
+        if let Count::Held {
+            latency,
+            sent: Some((sent, decay_ns)),
+        } = &self.0
+        {
             let at = now();
-            record_rtt(&self.endpoint, at.saturating_sub(sent) as f64, at, decay_ns);
+            record_rtt(latency, at.saturating_sub(*sent) as f64, at, *decay_ns);
         }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.endpoint.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.total.fetch_sub(1, Ordering::AcqRel);
+        if let Count::Exact { endpoint, total } = &self.0 {
+            endpoint.in_flight.fetch_sub(1, Ordering::AcqRel);
+            if let Some(total) = total {
+                total.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
     }
 }
+
+/// The latest reading of [`now`], for reads that can do with a recent time rather than the
+/// current one.
+static RECENT: AtomicU64 = AtomicU64::new(1);
 
 /// Nanoseconds on a monotonic clock shared by the whole process, starting near 1.
 pub(crate) fn now() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     let epoch = *EPOCH.get_or_init(Instant::now);
-    epoch.elapsed().as_nanos() as u64 + 1
+    let now = epoch.elapsed().as_nanos() as u64 + 1;
+    // A plain store: concurrent readings may land out of order, which only makes `recent` a
+    // little older than it could be.
+    RECENT.store(now, Ordering::Relaxed);
+    now
+}
+
+/// The latest time any request was timed at: a clock reading without reading the clock, behind
+/// the current time by at most the gap between two timed requests. Good enough to decay a
+/// latency estimate whose decay period is seconds.
+pub(crate) fn recent() -> u64 {
+    RECENT.load(Ordering::Relaxed)
+}
+
+/// `e^(-elapsed / decay)`, with a cheap series for the common case of an elapsed time far below
+/// the decay period (relative error below 10⁻¹⁰ there).
+fn decay_factor(elapsed: f64, decay_ns: f64) -> f64 {
+    let x = elapsed / decay_ns;
+    if x < 1e-3 {
+        1.0 - x + 0.5 * x * x
+    } else {
+        (-x).exp()
+    }
 }
 
 /// Folds a round trip into the endpoint's peak-EWMA estimate, as Finagle's and tower's `PeakEwma`
 /// do: a slower sample replaces the estimate at once, a faster one pulls it down in proportion
 /// to the time elapsed since the last update. Concurrent updates may overwrite each other; the
 /// estimate stays one of the samples' results, which is all a load estimate needs.
-pub(crate) fn record_rtt(endpoint: &EndpointState, rtt_ns: f64, at: u64, decay_ns: f64) {
+pub(crate) fn record_rtt(endpoint: &Latency, rtt_ns: f64, at: u64, decay_ns: f64) {
     let previous = f64::from_bits(endpoint.rtt.load(Ordering::Relaxed));
     let estimate = if previous == 0.0 || rtt_ns > previous {
         rtt_ns
     } else {
         let elapsed = at.saturating_sub(endpoint.rtt_at.load(Ordering::Relaxed)) as f64;
-        let weight = (-elapsed / decay_ns).exp();
+        let weight = decay_factor(elapsed, decay_ns);
         previous * weight + rtt_ns * (1.0 - weight)
     };
     endpoint
@@ -108,18 +164,13 @@ pub(crate) fn record_rtt(endpoint: &EndpointState, rtt_ns: f64, at: u64, decay_n
 /// The endpoint's round-trip estimate at `at`: `default_ns` before its first sample, then the
 /// last estimate decayed towards zero with the time since, so that an endpoint that has been
 /// avoided for a while gets tried again.
-pub(crate) fn rtt_estimate(
-    endpoint: &EndpointState,
-    at: u64,
-    default_ns: f64,
-    decay_ns: f64,
-) -> f64 {
+pub(crate) fn rtt_estimate(endpoint: &Latency, at: u64, default_ns: f64, decay_ns: f64) -> f64 {
     let estimate = f64::from_bits(endpoint.rtt.load(Ordering::Relaxed));
     if estimate == 0.0 {
         return default_ns;
     }
     let elapsed = at.saturating_sub(endpoint.rtt_at.load(Ordering::Relaxed)) as f64;
-    estimate * (-elapsed / decay_ns).exp()
+    estimate * decay_factor(elapsed, decay_ns)
 }
 
 /// The most requests one of `endpoints` endpoints may have in flight, with `total` in flight over
@@ -133,6 +184,40 @@ pub(crate) fn capacity(factor: f64, total: usize, endpoints: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decay_factor_matches_exp() {
+        for x in [0.0, 1e-9, 1e-5, 9.99e-4, 1e-3, 0.5, 3.0, 50.0] {
+            let exact = (-x as f64).exp();
+            assert!(
+                (decay_factor(x * 1e9, 1e9) - exact).abs() <= 1e-9 * exact.max(1e-300),
+                "{x}"
+            );
+        }
+    }
+
+    #[test]
+    fn peak_ewma_takes_peaks_at_once_and_decays_towards_faster_samples() {
+        let endpoint = Latency::default();
+        assert_eq!(rtt_estimate(&endpoint, 10, 5e6, 1e9), 5e6);
+        record_rtt(&endpoint, 1e6, 100, 1e9);
+        record_rtt(&endpoint, 4e6, 200, 1e9);
+        assert_eq!(rtt_estimate(&endpoint, 200, 5e6, 1e9), 4e6);
+        // A faster sample one decay period later pulls the estimate most of the way down.
+        record_rtt(&endpoint, 1e6, 200 + 1_000_000_000, 1e9);
+        let estimate = rtt_estimate(&endpoint, 200 + 1_000_000_000, 5e6, 1e9);
+        let expected = 4e6 * (-1.0f64).exp() + 1e6 * (1.0 - (-1.0f64).exp());
+        assert!(
+            (estimate - expected).abs() < 1.0,
+            "{estimate} vs {expected}"
+        );
+        // An estimate left alone decays towards zero: by e^-10 over ten decay periods.
+        let later = rtt_estimate(&endpoint, 200 + 11_000_000_000, 5e6, 1e9);
+        assert!(
+            (later - estimate * (-10.0f64).exp()).abs() < 1e-3,
+            "{later}"
+        );
+    }
 
     #[test]
     fn capacity_is_the_ceiling_of_factor_times_mean() {
@@ -154,7 +239,19 @@ mod tests {
         drop((a, b));
         assert_eq!(endpoint.in_flight.load(Ordering::SeqCst), 0);
         assert_eq!(total.load(Ordering::SeqCst), 0);
-        drop(InFlight::acquire(&endpoint, &total));
+        let unbounded = InFlight::acquire_with_total(&endpoint, &total);
+        assert_eq!(total.load(Ordering::SeqCst), 1);
+        drop(unbounded);
         assert_eq!(total.load(Ordering::SeqCst), 0);
+        let held = [
+            InFlight::hold(&endpoint),
+            InFlight::hold(&endpoint).timed(1e9),
+        ];
+        assert_eq!(endpoint.requests(), 2);
+        let [first, second] = held;
+        drop(first);
+        second.complete();
+        assert_eq!(endpoint.requests(), 0);
+        assert!(f64::from_bits(endpoint.load.rtt.load(Ordering::SeqCst)) > 0.0);
     }
 }

@@ -94,7 +94,7 @@ impl Walker {
                             None => continue,
                         }
                     } else {
-                        Some(InFlight::acquire(state, total))
+                        Some(InFlight::acquire_with_total(state, total))
                     }
                 }
             };

@@ -194,41 +194,62 @@ impl Cursor {
     }
 }
 
-/// A fast random source shared by the clones of a balancer: splitmix64 over an atomic counter, so
-/// picks need no lock and no thread-local state, and a seeded source replays the same sequence
-/// (on one thread).
+/// A fast random source for the random strategies, without locks or SipHash.
+///
+/// Unseeded, each thread draws from its own generator (splitmix64 over a thread-local counter,
+/// itself seeded from the OS's per-thread hashing keys), so picks on different threads never touch
+/// a shared cache line. Seeded, every clone of the balancer draws from one splitmix64 sequence over
+/// a shared atomic counter, so a single-threaded test replays the same picks.
 #[derive(Debug)]
-pub(crate) struct Rng(Cursor64);
+pub(crate) enum Rng {
+    PerThread,
+    Seeded(Cursor64),
+}
 
 #[repr(align(64))]
 #[derive(Debug)]
-struct Cursor64(std::sync::atomic::AtomicU64);
+pub(crate) struct Cursor64(std::sync::atomic::AtomicU64);
+
+const GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
+
+thread_local! {
+    static THREAD_RNG: std::cell::Cell<u64> = std::cell::Cell::new({
+        use std::hash::{BuildHasher, Hasher};
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u64(0x5eed);
+        hasher.finish()
+    });
+}
 
 impl Rng {
     pub(crate) fn seeded(seed: u64) -> Self {
-        Self(Cursor64(std::sync::atomic::AtomicU64::new(seed)))
+        Self::Seeded(Cursor64(std::sync::atomic::AtomicU64::new(seed)))
     }
 
-    /// A seed that differs between balancers and runs.
-    pub(crate) fn from_entropy() -> Self {
-        use std::hash::{BuildHasher, Hasher};
-        // `RandomState` is seeded by the OS once per thread, then incremented per instance.
-        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-        hasher.write_u64(0x5eed);
-        Self::seeded(hasher.finish())
+    pub(crate) fn per_thread() -> Self {
+        Self::PerThread
     }
 
+    /// 64 random bits.
     #[inline]
     pub(crate) fn next(&self) -> u64 {
-        let state = (self.0)
-            .0
-            .fetch_add(0x9e37_79b9_7f4a_7c15, std::sync::atomic::Ordering::Relaxed);
-        ring::fmix64(state.wrapping_add(0x9e37_79b9_7f4a_7c15))
+        let state = match self {
+            Self::PerThread => THREAD_RNG.with(|state| {
+                let next = state.get().wrapping_add(GAMMA);
+                state.set(next);
+                next
+            }),
+            Self::Seeded(cursor) => cursor
+                .0
+                .fetch_add(GAMMA, std::sync::atomic::Ordering::Relaxed)
+                .wrapping_add(GAMMA),
+        };
+        ring::fmix64(state)
     }
+}
 
-    /// A uniform index below `n` (Lemire's multiply-shift; `n` at least 1).
-    #[inline]
-    pub(crate) fn below(&self, n: usize) -> usize {
-        ((u128::from(self.next()) * n as u128) >> 64) as usize
-    }
+/// A uniform index below `n` from 64 random bits (Lemire's multiply-shift; `n` at least 1).
+#[inline]
+pub(crate) fn below(bits: u64, n: usize) -> usize {
+    ((u128::from(bits) * n as u128) >> 64) as usize
 }

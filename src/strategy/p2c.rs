@@ -1,13 +1,10 @@
 use std::{
     fmt,
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc,
-    },
+    sync::{atomic::AtomicUsize, Arc},
     time::Duration,
 };
 
-use super::{sealed::Sealed, Rng, Strategy};
+use super::{below, sealed::Sealed, Rng, Strategy};
 use crate::{
     endpoints::Member,
     error::InvalidConfig,
@@ -29,8 +26,9 @@ use crate::{
 /// With a single endpoint, it is used. An endpoint that is not ready is passed over for the
 /// endpoints after it in set order, as with the other keyless strategies.
 ///
-/// Draws come from a fast generator shared by the clones (no lock, no SipHash);
-/// [`PowerOfTwoChoices::seeded`] replays the same draws, for reproducible tests.
+/// Draws come from a fast generator (splitmix64, per thread: no lock, no SipHash);
+/// [`PowerOfTwoChoices::seeded`] draws from one sequence shared by the clones instead, which
+/// replays the same draws, for reproducible tests.
 ///
 /// # Differences from `tower::balance::p2c`
 ///
@@ -76,7 +74,7 @@ impl PowerOfTwoChoices {
     /// and run.
     pub fn new() -> Self {
         Self {
-            rng: Rng::from_entropy(),
+            rng: Rng::per_thread(),
             seed: None,
             peak_ewma: None,
         }
@@ -117,17 +115,11 @@ impl PowerOfTwoChoices {
         Ok(self)
     }
 
-    /// The load of `member` divided by its weight, at time `now` (used with peak EWMA only).
+    /// The peak-EWMA load of `member` (not yet divided by its weight) at time `now`.
     #[inline]
-    fn cost<K, S>(&self, member: &Member<K, S>, now: u64) -> f64 {
-        let in_flight = member.state.in_flight.load(Ordering::Acquire) as f64;
-        let load = match self.peak_ewma {
-            None => in_flight,
-            Some((default_ns, decay_ns)) => {
-                load::rtt_estimate(&member.state, now, default_ns, decay_ns) * (in_flight + 1.0)
-            }
-        };
-        load / f64::from(member.weight)
+    fn cost<K, S>(member: &Member<K, S>, now: u64, default_ns: f64, decay_ns: f64) -> f64 {
+        let in_flight = member.state.requests() as f64;
+        load::rtt_estimate(&member.state.load, now, default_ns, decay_ns) * (in_flight + 1.0)
     }
 }
 
@@ -143,7 +135,7 @@ impl Clone for PowerOfTwoChoices {
     fn clone(&self) -> Self {
         let rng = match self.seed {
             Some(seed) => Rng::seeded(seed),
-            None => Rng::from_entropy(),
+            None => Rng::per_thread(),
         };
         Self {
             rng,
@@ -184,19 +176,23 @@ impl<K> Strategy<K> for PowerOfTwoChoices {
         if n == 1 {
             return 0;
         }
-        let a = self.rng.below(n);
-        let b = (a + 1 + self.rng.below(n - 1)) % n;
+        // One draw for both: the high and low halves are independent enough for two indices.
+        let bits = self.rng.next();
+        let a = below(bits << 32 | bits >> 32, n);
+        let b = (a + 1 + below(bits, n - 1)) % n;
         let (x, y) = (&members[a], &members[b]);
         let a_wins = match self.peak_ewma {
             None => {
                 // Integer cross-multiplication: in_flight / weight without division.
-                let load_a = x.state.in_flight.load(Ordering::Acquire) as u128;
-                let load_b = y.state.in_flight.load(Ordering::Acquire) as u128;
+                let load_a = x.state.requests() as u128;
+                let load_b = y.state.requests() as u128;
                 load_a * u128::from(y.weight) <= load_b * u128::from(x.weight)
             }
-            Some(_) => {
-                let now = load::now();
-                self.cost(x, now) <= self.cost(y, now)
+            Some((default_ns, decay_ns)) => {
+                let now = load::recent();
+                // cost / weight compared by cross-multiplication.
+                Self::cost(x, now, default_ns, decay_ns) * f64::from(y.weight)
+                    <= Self::cost(y, now, default_ns, decay_ns) * f64::from(x.weight)
             }
         };
         if a_wins {
@@ -207,8 +203,8 @@ impl<K> Strategy<K> for PowerOfTwoChoices {
     }
 
     #[inline]
-    fn track<S>(&self, member: &Member<K, S>, total: &Arc<AtomicUsize>) -> Option<InFlight> {
-        let in_flight = InFlight::acquire(&member.state, total);
+    fn track<S>(&self, member: &Member<K, S>, _total: &Arc<AtomicUsize>) -> Option<InFlight> {
+        let in_flight = InFlight::hold(&member.state);
         Some(match self.peak_ewma {
             None => in_flight,
             Some((_, decay_ns)) => in_flight.timed(decay_ns),

@@ -1,13 +1,13 @@
 use std::fmt;
 
-use super::{sealed::Sealed, Rng, Strategy, Walk};
+use super::{below, sealed::Sealed, Rng, Strategy, Walk};
 use crate::endpoints::Member;
 
 /// Sends each request to a random endpoint, in proportion to the weights.
 ///
-/// Picks draw from a fast generator shared by every clone of the balancer (splitmix64 over an
-/// atomic counter: no lock, no SipHash). [`Random::seeded`] replays the same sequence of picks,
-/// for reproducible tests. An endpoint that is not ready is passed over for the endpoints after
+/// Picks draw from a fast generator (splitmix64, per thread: no lock, no shared state, no
+/// SipHash). [`Random::seeded`] draws from one sequence shared by the clones instead, which
+/// replays the same picks, for reproducible tests. An endpoint that is not ready is passed over for the endpoints after
 /// it in set order, as with the other keyless strategies.
 ///
 /// # Examples
@@ -41,7 +41,7 @@ impl Random {
     /// Picks with a generator seeded differently for every strategy and run.
     pub fn new() -> Self {
         Self {
-            rng: Rng::from_entropy(),
+            rng: Rng::per_thread(),
             seed: None,
         }
     }
@@ -110,7 +110,7 @@ impl Weights {
     #[inline]
     pub(crate) fn draw(&self, rng: &Rng, len: usize) -> usize {
         match self.ends.last() {
-            None => rng.below(len),
+            None => below(rng.next(), len),
             Some(&total) => {
                 let point = ((u128::from(rng.next()) * u128::from(total)) >> 64) as u64;
                 self.ends.partition_point(|&end| end <= point)
