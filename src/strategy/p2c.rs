@@ -178,7 +178,7 @@ impl<K> Strategy<K> for PowerOfTwoChoices {
         }
         // One draw for both: the high and low halves are independent enough for two indices.
         let bits = self.rng.next();
-        let a = below(bits << 32 | bits >> 32, n);
+        let a = below(bits.rotate_right(32), n);
         let b = (a + 1 + below(bits, n - 1)) % n;
         let (x, y) = (&members[a], &members[b]);
         let a_wins = match self.peak_ewma {
