@@ -187,7 +187,7 @@ mod tests {
 
     #[test]
     fn decay_factor_matches_exp() {
-        for x in [0.0, 1e-9, 1e-5, 9.99e-4, 1e-3, 0.5, 3.0, 50.0] {
+        for x in [0.0f64, 1e-9, 1e-5, 9.99e-4, 1e-3, 0.5, 3.0, 50.0] {
             let exact = (-x).exp();
             assert!(
                 (decay_factor(x * 1e9, 1e9) - exact).abs() <= 1e-9 * exact.max(1e-300),
