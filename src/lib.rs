@@ -13,6 +13,10 @@
 //!   classic Go handler); [`ConsistentHash`](strategy::ConsistentHash) keeps keys in place across
 //!   membership changes on a ketama ring, with optional bounded loads. Keys come from a query
 //!   parameter, a header, the path, the client address or a closure ([`key`]).
+//!   [`Maglev`](strategy::Maglev) spreads keys almost perfectly with a prime-sized table.
+//! - **Load awareness**: [`PowerOfTwoChoices`](strategy::PowerOfTwoChoices) sends each request to
+//!   the less loaded of two random endpoints, by requests in flight or peak-EWMA latency, with
+//!   counts shared by every clone; [`Random`](strategy::Random) draws by weight.
 //! - **Honest readiness**: the chosen endpoint's `poll_ready` is driven before it is called; busy
 //!   endpoints are passed over, failing ones skipped without being dropped from the set.
 //! - **Runtime membership**: an [`Endpoints`] handle inserts, removes and re-weights endpoints from

@@ -6,6 +6,9 @@
 //! | [`WeightedRoundRobin`] | precomputed smooth schedule + atomic cursor | exact share per period | the next endpoints in set order | new schedule |
 //! | [`Hash`](struct@Hash) | crc32 of the request key mod N (Go's mapping) | weighted slots | the next endpoints in key-byte order; only its keys move, and come back | most keys move |
 //! | [`ConsistentHash`] | ketama ring, bucket index | points per unit of weight | the next endpoints on the ring; only its keys move, and come back | only the keys it must move |
+//! | [`Maglev`] | prime-sized lookup table | entries per unit of weight | the owners of the key's next table entries; only its keys move | few keys besides its own |
+//! | [`PowerOfTwoChoices`] | the less loaded of two random endpoints (in flight, or peak-EWMA latency) | load divided by weight | the next endpoints in set order | new draws |
+//! | [`Random`] | a random endpoint | drawn in proportion | the next endpoints in set order | new draws |
 //!
 //! A strategy is configuration plus shared state (a cursor). [`BalanceLayer`](crate::BalanceLayer)
 //! clones the strategy for every balancer it builds, and a fresh clone starts with fresh state; the
@@ -17,13 +20,15 @@
 //!
 //! # Readiness
 //!
-//! The keyless strategies ([`RoundRobin`], [`WeightedRoundRobin`]) pick in `poll_ready`: the
+//! The keyless strategies ([`RoundRobin`], [`WeightedRoundRobin`], [`PowerOfTwoChoices`],
+//! [`Random`]) pick in `poll_ready`: the
 //! chosen endpoint is polled to readiness there, so its backpressure reaches the caller. When it
 //! is not ready, the balancer passes over it to the endpoints that follow it in set order, up to
 //! [`BalanceLayer::max_tries`](crate::BalanceLayer::max_tries) candidates, before returning
 //! `Pending` itself.
 //!
-//! The keyed strategies ([`Hash`](struct@Hash), [`ConsistentHash`]) cannot pick before they see the request:
+//! The keyed strategies ([`Hash`](struct@Hash), [`ConsistentHash`], [`Maglev`]) cannot pick
+//! before they see the request:
 //! their `poll_ready` is ready while the set has endpoints, `call` takes the request's key (see
 //! [`key`](crate::key)) and picks its endpoint, and the response future drives that endpoint's
 //! readiness before calling it. An endpoint that is pending or fails its readiness check is passed
