@@ -60,14 +60,17 @@ use crate::error::InvalidWeight;
 /// # });
 /// ```
 pub struct Endpoints<K, S> {
-    inner: Arc<Inner<K, S>>,
+    pub(crate) inner: Arc<Inner<K, S>>,
 }
 
-struct Inner<K, S> {
+pub(crate) struct Inner<K, S> {
     current: ArcSwap<Members<K, S>>,
     /// Serialises writers, and holds the balancers that follow this set so that every change is
     /// announced to them in order.
     writer: Mutex<Vec<Weak<dyn Watch<K, S>>>>,
+    /// Errors from the discovery streams that feed this set, and the last one's text.
+    pub(crate) discovery_errors: AtomicU64,
+    pub(crate) last_discovery_error: Mutex<Option<String>>,
 }
 
 /// One immutable membership snapshot.
@@ -95,7 +98,7 @@ pub struct Member<K, S> {
 }
 
 impl<K, S> Member<K, S> {
-    fn new(key: K, service: S, weight: u32) -> Self {
+    pub(crate) fn new(key: K, service: S, weight: u32) -> Self {
         Self {
             key,
             service,
@@ -155,7 +158,7 @@ impl<K: Clone, S: Clone> Clone for Member<K, S> {
     }
 }
 
-fn check_weight(weight: u32) -> Result<u32, InvalidWeight> {
+pub(crate) fn check_weight(weight: u32) -> Result<u32, InvalidWeight> {
     if weight == 0 {
         Err(InvalidWeight::new(weight))
     } else {
@@ -164,7 +167,7 @@ fn check_weight(weight: u32) -> Result<u32, InvalidWeight> {
 }
 
 /// Inserts or replaces `key` in `list`, keeping the place of an existing key.
-fn upsert<K: PartialEq, S>(list: &mut Vec<Member<K, S>>, member: Member<K, S>) {
+pub(crate) fn upsert<K: PartialEq, S>(list: &mut Vec<Member<K, S>>, member: Member<K, S>) {
     match list.iter_mut().find(|m| m.key == member.key) {
         Some(slot) => {
             slot.service = member.service;
@@ -228,6 +231,8 @@ where
             inner: Arc::new(Inner {
                 current: ArcSwap::from_pointee(members),
                 writer: Mutex::new(Vec::new()),
+                discovery_errors: AtomicU64::new(0),
+                last_discovery_error: Mutex::new(None),
             }),
         }
     }
@@ -311,7 +316,7 @@ where
     /// Applies `change` to a copy of the member list, publishes it as the new snapshot and
     /// announces it to every balancer following this set, all under the writer lock so that
     /// concurrent changes are neither lost nor announced out of order.
-    fn update(&self, change: impl FnOnce(&mut Vec<Member<K, S>>)) {
+    pub(crate) fn update(&self, change: impl FnOnce(&mut Vec<Member<K, S>>)) {
         let mut watchers = self.lock_writer();
         let old = self.inner.current.load_full();
         let mut list = old.list.to_vec();

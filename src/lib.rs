@@ -71,6 +71,9 @@
 )]
 #![forbid(unsafe_code)]
 
+pub mod discover;
+#[cfg(feature = "dns")]
+pub mod dns;
 pub mod error;
 pub mod future;
 pub mod key;
