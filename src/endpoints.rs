@@ -118,6 +118,10 @@ pub(crate) struct EndpointState {
     /// count less one is their number, so counting a request costs one reference-count update
     /// each way. Also holds the latency estimate those requests feed.
     pub(crate) load: Arc<Latency>,
+    /// Requests routed to the endpoint.
+    pub(crate) picks: AtomicU64,
+    /// Passive health: see [`crate::health`].
+    pub(crate) health: crate::ejection::EndpointHealth,
 }
 
 impl EndpointState {
@@ -144,6 +148,11 @@ pub(crate) trait Watch<K, S>: Send + Sync {
 impl<K, S> Members<K, S> {
     pub(crate) fn len(&self) -> usize {
         self.list.len()
+    }
+
+    /// Every endpoint's state, for outlier detection's ejected share.
+    pub(crate) fn states(&self) -> impl Iterator<Item = &EndpointState> + Clone {
+        self.list.iter().map(|m| &*m.state)
     }
 }
 

@@ -206,3 +206,31 @@ impl fmt::Display for InvalidConfig {
 }
 
 impl Error for InvalidConfig {}
+
+/// Every endpoint of the set is ejected by outlier detection, and the balancer was configured
+/// to fail rather than route over them ([`OutlierDetection::fail_when_all_ejected`]). The source
+/// of an [`Unavailable`] error.
+///
+/// [`OutlierDetection::fail_when_all_ejected`]: crate::health::OutlierDetection::fail_when_all_ejected
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AllEjected {
+    endpoints: usize,
+}
+
+impl AllEjected {
+    pub(crate) const fn new(endpoints: usize) -> Self {
+        Self { endpoints }
+    }
+}
+
+impl fmt::Display for AllEjected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "all {} endpoints are ejected by outlier detection",
+            self.endpoints
+        )
+    }
+}
+
+impl Error for AllEjected {}

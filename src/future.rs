@@ -28,8 +28,9 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use crate::{
+    health::{Classify, Errors},
     load::InFlight,
-    route::{Routed, Routing},
+    route::{Outcome, Routed, Routing},
     BoxError,
 };
 
@@ -39,18 +40,18 @@ pin_project! {
     ///
     /// For keyed strategies whose first choice was not ready at once, it first drives the
     /// candidates' readiness, then calls the first that is ready.
-    pub struct ResponseFuture<S, Req>
+    pub struct ResponseFuture<S, Req, C = Errors>
     where
         S: Service<Req>,
     {
         #[pin]
-        kind: Kind<S, Req>,
+        kind: Kind<S, Req, C>,
     }
 }
 
 pin_project! {
     #[project = KindProj]
-    enum Kind<S, Req>
+    enum Kind<S, Req, C>
     where
         S: Service<Req>,
     {
@@ -59,10 +60,12 @@ pin_project! {
             future: S::Future,
             // Released when the response completes or the future is dropped.
             in_flight: Option<InFlight>,
+            // With outlier detection: recorded when the response completes.
+            outcome: Option<(Outcome<S>, C)>,
         },
         // Boxed: only requests whose first choice was not ready at once pay for its size.
         Routing {
-            routing: Box<Routing<S, Req>>,
+            routing: Box<Routing<S, Req, C>>,
         },
         Failed {
             error: Option<BoxError>,
@@ -70,14 +73,22 @@ pin_project! {
     }
 }
 
-impl<S: Service<Req>, Req> ResponseFuture<S, Req> {
-    pub(crate) fn called(future: S::Future, in_flight: Option<InFlight>) -> Self {
+impl<S: Service<Req>, Req, C> ResponseFuture<S, Req, C> {
+    pub(crate) fn called(
+        future: S::Future,
+        in_flight: Option<InFlight>,
+        outcome: Option<(Outcome<S>, C)>,
+    ) -> Self {
         Self {
-            kind: Kind::Called { future, in_flight },
+            kind: Kind::Called {
+                future,
+                in_flight,
+                outcome,
+            },
         }
     }
 
-    pub(crate) fn routing(routing: Routing<S, Req>) -> Self {
+    pub(crate) fn routing(routing: Routing<S, Req, C>) -> Self {
         Self {
             kind: Kind::Routing {
                 routing: Box::new(routing),
@@ -92,20 +103,28 @@ impl<S: Service<Req>, Req> ResponseFuture<S, Req> {
     }
 }
 
-impl<S, Req> Future for ResponseFuture<S, Req>
+impl<S, Req, C> Future for ResponseFuture<S, Req, C>
 where
     S: Service<Req> + Clone,
     S::Error: Into<BoxError>,
+    C: Classify<S::Response> + Clone,
 {
     type Output = Result<S::Response, BoxError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
             let routed = match self.as_mut().project().kind.project() {
-                KindProj::Called { future, in_flight } => {
+                KindProj::Called {
+                    future,
+                    in_flight,
+                    outcome,
+                } => {
                     let output = std::task::ready!(future.poll(cx));
                     if let Some(in_flight) = in_flight.take() {
                         in_flight.complete();
+                    }
+                    if let Some((outcome, classify)) = outcome.take() {
+                        outcome.record(&output, &classify);
                     }
                     return Poll::Ready(output.map_err(Into::into));
                 }
@@ -120,7 +139,11 @@ where
                 },
             };
             let next = match routed {
-                Routed::Called(future, in_flight) => Kind::Called { future, in_flight },
+                Routed::Called(future, in_flight, outcome) => Kind::Called {
+                    future,
+                    in_flight,
+                    outcome,
+                },
                 Routed::Failed(error) => Kind::Failed { error: Some(error) },
             };
             self.as_mut().project().kind.set(next);
@@ -128,7 +151,7 @@ where
     }
 }
 
-impl<S: Service<Req>, Req> fmt::Debug for ResponseFuture<S, Req> {
+impl<S: Service<Req>, Req, C> fmt::Debug for ResponseFuture<S, Req, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
             Kind::Called { .. } => f.write_str("ResponseFuture::Called"),

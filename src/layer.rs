@@ -2,7 +2,12 @@ use std::fmt;
 
 use tower_layer::Layer;
 
-use crate::{service::DEFAULT_MAX_TRIES, strategy::Strategy, Balance, Endpoints};
+use crate::{
+    health::{Errors, OutlierDetection},
+    service::DEFAULT_MAX_TRIES,
+    strategy::Strategy,
+    Balance, Endpoints,
+};
 
 /// Builds a [`Balance`] over an endpoint set, for use in a `tower::ServiceBuilder` stack.
 ///
@@ -33,9 +38,11 @@ use crate::{service::DEFAULT_MAX_TRIES, strategy::Strategy, Balance, Endpoints};
 /// # });
 /// ```
 #[derive(Clone)]
-pub struct BalanceLayer<St> {
+pub struct BalanceLayer<St, C = Errors> {
     strategy: St,
     max_tries: usize,
+    outlier_detection: Option<OutlierDetection>,
+    classify: C,
 }
 
 impl<St> BalanceLayer<St> {
@@ -44,6 +51,29 @@ impl<St> BalanceLayer<St> {
         Self {
             strategy,
             max_tries: DEFAULT_MAX_TRIES,
+            outlier_detection: None,
+            classify: Errors,
+        }
+    }
+}
+
+impl<St, C> BalanceLayer<St, C> {
+    /// Turns on passive health checking: endpoints that fail repeatedly are ejected for a while.
+    /// See [`health`](crate::health).
+    pub fn outlier_detection(mut self, detection: OutlierDetection) -> Self {
+        self.outlier_detection = Some(detection);
+        self
+    }
+
+    /// Sets which responses count as failures for outlier detection, besides errors: for
+    /// example [`ServerErrors`](crate::health::ServerErrors) for HTTP 5xx, or a closure
+    /// `|response: &Res| -> bool`.
+    pub fn classify<C2>(self, classify: C2) -> BalanceLayer<St, C2> {
+        BalanceLayer {
+            strategy: self.strategy,
+            max_tries: self.max_tries,
+            outlier_detection: self.outlier_detection,
+            classify,
         }
     }
 
@@ -61,24 +91,32 @@ impl<St> BalanceLayer<St> {
     }
 }
 
-impl<St, K, S> Layer<Endpoints<K, S>> for BalanceLayer<St>
+impl<St, C, K, S> Layer<Endpoints<K, S>> for BalanceLayer<St, C>
 where
     St: Strategy<K> + Clone,
+    C: Clone,
     K: PartialEq + Clone + Send + Sync + 'static,
     S: Clone + Send + Sync + 'static,
 {
-    type Service = Balance<St, K, S>;
+    type Service = Balance<St, K, S, C>;
 
     fn layer(&self, endpoints: Endpoints<K, S>) -> Self::Service {
-        Balance::with_max_tries(self.strategy.clone(), endpoints, self.max_tries)
+        Balance::with_config(
+            self.strategy.clone(),
+            endpoints,
+            self.max_tries,
+            self.outlier_detection.clone(),
+            self.classify.clone(),
+        )
     }
 }
 
-impl<St: fmt::Debug> fmt::Debug for BalanceLayer<St> {
+impl<St: fmt::Debug, C> fmt::Debug for BalanceLayer<St, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BalanceLayer")
             .field("strategy", &self.strategy)
             .field("max_tries", &self.max_tries)
+            .field("outlier_detection", &self.outlier_detection)
             .finish()
     }
 }

@@ -76,9 +76,11 @@ pub mod discover;
 pub mod dns;
 pub mod error;
 pub mod future;
+pub mod health;
 pub mod key;
 pub mod strategy;
 
+mod ejection;
 mod endpoints;
 mod layer;
 mod load;
@@ -88,7 +90,7 @@ mod service;
 pub use self::{
     endpoints::{EndpointKey, Endpoints},
     layer::BalanceLayer,
-    service::{Balance, KeyMap},
+    service::{Balance, EndpointStats, KeyMap},
 };
 
 /// A type-erased error, as returned by [`Balance`].

@@ -1,5 +1,5 @@
 //! Routing a keyed request: walking the strategy's table from the key's position to the first
-//! endpoint that is available (and, with bounded loads, under its capacity).
+//! endpoint that is available (not ejected and, with bounded loads, under its capacity).
 
 use std::{
     sync::{atomic::AtomicUsize, Arc},
@@ -9,13 +9,15 @@ use std::{
 use tower_service::Service;
 
 use crate::{
+    ejection::Health,
     endpoints::EndpointState,
-    error::Unavailable,
+    error::{AllEjected, Unavailable},
+    health::Classify,
     load::{self, InFlight},
     BoxError,
 };
 
-/// A membership snapshot as the routing of a keyed request sees it.
+/// A membership snapshot as the routing of a request sees it.
 pub(crate) trait Candidates<S>: Send + Sync {
     /// The number of endpoints.
     fn len(&self) -> usize;
@@ -29,16 +31,33 @@ pub(crate) trait Candidates<S>: Send + Sync {
     fn total(&self) -> &Arc<AtomicUsize>;
 }
 
+/// The states of every endpoint of `candidates`, for outlier detection's ejected share.
+fn states<S, C>(candidates: &C) -> impl Iterator<Item = &EndpointState> + Clone
+where
+    C: Candidates<S> + ?Sized,
+{
+    (0..candidates.len()).map(move |i| &**candidates.state(i))
+}
+
 /// Where a keyed request is in its walk over the strategy's cycle.
 #[derive(Debug)]
 pub(crate) struct Walker {
     start: usize,
     position: usize,
     steps: usize,
-    /// With bounded loads: whether the walk still skips endpoints at capacity. A walk that found
-    /// every remaining endpoint full goes round once more without the bound.
-    bounded: bool,
+    /// The passes over the cycle, most demanding first: under the load bound and not ejected,
+    /// then not ejected, then (panic mode) any endpoint.
+    pass: Pass,
     factor: Option<f64>,
+    /// Whether the current pass met an endpoint that is not ejected, tried or not.
+    eligible_seen: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    Bounded,
+    Eligible,
+    Panic,
 }
 
 impl Walker {
@@ -47,8 +66,13 @@ impl Walker {
             start,
             position: start,
             steps: 0,
-            bounded: factor.is_some(),
+            pass: if factor.is_some() {
+                Pass::Bounded
+            } else {
+                Pass::Eligible
+            },
             factor,
+            eligible_seen: false,
         }
     }
 
@@ -57,6 +81,7 @@ impl Walker {
         &mut self,
         candidates: &C,
         tried: &[u32],
+        health: Option<&Health>,
     ) -> Option<(usize, Option<InFlight>)>
     where
         C: Candidates<S> + ?Sized,
@@ -64,11 +89,15 @@ impl Walker {
         let positions = candidates.positions();
         loop {
             if self.steps == positions {
-                if !self.bounded {
-                    return None;
-                }
-                // Every untried endpoint is at capacity: go round again, ignoring it.
-                self.bounded = false;
+                self.pass = match self.pass {
+                    // Every untried endpoint is at capacity: go round again, ignoring it.
+                    Pass::Bounded => Pass::Eligible,
+                    // Nothing eligible at all: panic mode, if allowed, routes over everything.
+                    Pass::Eligible if !self.eligible_seen && health.is_some_and(Health::panics) => {
+                        Pass::Panic
+                    }
+                    _ => return None,
+                };
                 self.steps = 0;
                 self.position = self.start;
             }
@@ -78,15 +107,23 @@ impl Walker {
             if self.position == positions {
                 self.position = 0;
             }
+            let state = candidates.state(owner);
+            if self.pass != Pass::Panic {
+                if let Some(health) = health {
+                    if health.is_ejected(state) {
+                        continue;
+                    }
+                }
+                self.eligible_seen = true;
+            }
             if tried.contains(&(owner as u32)) {
                 continue;
             }
             let guard = match self.factor {
                 None => None,
                 Some(factor) => {
-                    let state = candidates.state(owner);
                     let total = candidates.total();
-                    if self.bounded {
+                    if self.pass == Pass::Bounded {
                         let current = total.load(std::sync::atomic::Ordering::Acquire);
                         let capacity = load::capacity(factor, current, candidates.len());
                         match InFlight::try_acquire(state, total, capacity) {
@@ -103,70 +140,118 @@ impl Walker {
     }
 }
 
+/// What outlier detection needs to record a request's outcome: the endpoint (by its index in the
+/// snapshot it was routed with) and the set, for the ejected share.
+pub(crate) struct Outcome<S> {
+    health: Arc<Health>,
+    set: Arc<dyn Candidates<S>>,
+    index: usize,
+}
+
+impl<S> Outcome<S> {
+    pub(crate) fn new(health: Arc<Health>, set: Arc<dyn Candidates<S>>, index: usize) -> Self {
+        Self { health, set, index }
+    }
+
+    /// Records the response: a failure if it is an error or the classifier says so.
+    pub(crate) fn record<T, E, C: Classify<T>>(self, result: &Result<T, E>, classify: &C) {
+        let failed = match result {
+            Ok(response) => classify.is_failure(response),
+            Err(_) => true,
+        };
+        let state = self.set.state(self.index);
+        self.health.record(state, failed, states(&*self.set));
+    }
+}
+
 /// A keyed request whose first choice was not ready at once: it polls its candidates, first
 /// choice first, until one is ready, keeping the pending ones so their wake-ups reach the task.
-pub(crate) struct Routing<S, Req> {
+pub(crate) struct Routing<S, Req, C> {
     pub(crate) candidates: Arc<dyn Candidates<S>>,
     pub(crate) walker: Walker,
     pub(crate) request: Option<Req>,
-    pub(crate) pending: Vec<(S, Option<InFlight>)>,
+    /// Candidates waiting for readiness: index, service, in-flight count.
+    pub(crate) pending: Vec<(usize, S, Option<InFlight>)>,
     pub(crate) tried: Vec<u32>,
     pub(crate) max_tries: usize,
     pub(crate) error: Option<BoxError>,
+    pub(crate) health: Option<Arc<Health>>,
+    pub(crate) classify: C,
 }
 
 /// What polling a [`Routing`] gave.
-pub(crate) enum Routed<S: Service<Req>, Req> {
-    Called(S::Future, Option<InFlight>),
+pub(crate) enum Routed<S: Service<Req>, Req, C> {
+    Called(S::Future, Option<InFlight>, Option<(Outcome<S>, C)>),
     Failed(BoxError),
 }
 
-impl<S, Req> Routing<S, Req>
+impl<S, Req, C> Routing<S, Req, C>
 where
     S: Service<Req> + Clone,
     S::Error: Into<BoxError>,
+    C: Clone,
 {
-    pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Routed<S, Req>> {
+    pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Routed<S, Req, C>> {
         // The candidates already waiting, in order of preference.
         let mut i = 0;
         while i < self.pending.len() {
-            match self.pending[i].0.poll_ready(cx) {
+            match self.pending[i].1.poll_ready(cx) {
                 Poll::Ready(Ok(())) => {
-                    let (service, guard) = self.pending.swap_remove(i);
-                    return Poll::Ready(self.call(service, guard));
+                    let (index, service, guard) = self.pending.swap_remove(i);
+                    return Poll::Ready(self.call(index, service, guard));
                 }
                 Poll::Ready(Err(e)) => {
-                    self.error = Some(e.into());
-                    self.pending.remove(i);
+                    let (index, ..) = self.pending.remove(i);
+                    self.failed_readiness(index, e.into());
                 }
                 Poll::Pending => i += 1,
             }
         }
         // Further candidates, up to the bound on tries.
         while self.tried.len() < self.max_tries {
-            let Some((index, guard)) = self.walker.next(&*self.candidates, &self.tried) else {
+            let health = self.health.as_deref();
+            let Some((index, guard)) = self.walker.next(&*self.candidates, &self.tried, health)
+            else {
                 break;
             };
             self.tried.push(index as u32);
             let mut service = self.candidates.service(index).clone();
             match service.poll_ready(cx) {
-                Poll::Ready(Ok(())) => return Poll::Ready(self.call(service, guard)),
-                Poll::Ready(Err(e)) => self.error = Some(e.into()),
-                Poll::Pending => self.pending.push((service, guard)),
+                Poll::Ready(Ok(())) => return Poll::Ready(self.call(index, service, guard)),
+                Poll::Ready(Err(e)) => self.failed_readiness(index, e.into()),
+                Poll::Pending => self.pending.push((index, service, guard)),
             }
         }
         if self.pending.is_empty() {
-            let error = Unavailable::new(self.tried.len(), self.error.take());
+            let error = self
+                .error
+                .take()
+                .or_else(|| Some(AllEjected::new(self.candidates.len()).into()));
+            let error = Unavailable::new(self.tried.len(), error);
             Poll::Ready(Routed::Failed(error.into()))
         } else {
             Poll::Pending
         }
     }
 
-    fn call(&mut self, mut service: S, guard: Option<InFlight>) -> Routed<S, Req> {
+    fn failed_readiness(&mut self, index: usize, error: BoxError) {
+        if let Some(health) = &self.health {
+            let state = self.candidates.state(index);
+            health.record(state, true, states(&*self.candidates));
+        }
+        self.error = Some(error);
+    }
+
+    fn call(&mut self, index: usize, mut service: S, guard: Option<InFlight>) -> Routed<S, Req, C> {
         self.pending.clear();
+        let picks = &self.candidates.state(index).picks;
+        picks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let outcome = self.health.as_ref().map(|health| {
+            let outcome = Outcome::new(Arc::clone(health), Arc::clone(&self.candidates), index);
+            (outcome, self.classify.clone())
+        });
         match self.request.take() {
-            Some(request) => Routed::Called(service.call(request), guard),
+            Some(request) => Routed::Called(service.call(request), guard, outcome),
             // Unreachable: a routing that called its endpoint is replaced by the call's future.
             None => Routed::Failed(crate::error::NotReady::new().into()),
         }

@@ -5,17 +5,20 @@ use std::{
         Arc, Weak,
     },
     task::{Context, Poll},
+    time::Duration,
 };
 
 use arc_swap::ArcSwap;
 use tower_service::Service;
 
 use crate::{
+    ejection::Health,
     endpoints::{EndpointState, Members, Watch},
-    error::{MissingKey, NoEndpoints, NotReady, Unavailable},
+    error::{AllEjected, MissingKey, NoEndpoints, NotReady, Unavailable},
     future::ResponseFuture,
+    health::{Classify, Errors, OutlierDetection},
     load::InFlight,
-    route::{Candidates, Routing, Walker},
+    route::{Candidates, Outcome, Routing, Walker},
     strategy::{Route, Strategy, Walk},
     BoxError, Endpoints,
 };
@@ -75,11 +78,13 @@ pub(crate) const DEFAULT_MAX_TRIES: usize = 8;
 /// assert_eq!(seen, [0, 1, 2, 0, 1, 2]);
 /// # });
 /// ```
-pub struct Balance<St, K, S>
+pub struct Balance<St, K, S, C = Errors>
 where
     St: Strategy<K>,
 {
     shared: Arc<Shared<St, K, S>>,
+    /// Which responses count as failures, for outlier detection.
+    classify: C,
     /// The snapshot a reused clone routes with, refreshed when the shared version moves on:
     /// checking it costs one plain load instead of an `ArcSwap` guard. A clone only fills it once
     /// it has routed a request, so that a clone made for one request (as axum makes them) pays
@@ -97,8 +102,9 @@ where
 
 enum Reserved<S> {
     None,
-    /// The endpoint the next `call` goes to, counted in flight if the strategy balances on load.
-    Endpoint(S, Option<InFlight>),
+    /// The endpoint the next `call` goes to, counted in flight if the strategy balances on load,
+    /// with what outlier detection needs to record the outcome.
+    Endpoint(S, Option<InFlight>, Option<Outcome<S>>),
     /// A keyed strategy is ready; `call` picks by the request's key.
     Keyed,
     NoEndpoints,
@@ -114,6 +120,8 @@ where
 {
     strategy: St,
     max_tries: usize,
+    /// Outlier detection, when configured.
+    health: Option<Arc<Health>>,
     snapshot: ArcSwap<Snapshot<St::Table, K, S>>,
     /// The version of the newest snapshot, stored after it is published.
     version: AtomicU64,
@@ -134,6 +142,14 @@ where
     S: Send + Sync,
 {
     fn changed(&self, members: &Arc<Members<K, S>>) {
+        if let Some(health) = &self.health {
+            // Slow start counts from when an endpoint first appears in a change of the set.
+            if members.version > 0 {
+                for member in members.list.iter() {
+                    health.joined(&member.state);
+                }
+            }
+        }
         let table = self.strategy.build(&members.list);
         self.snapshot.store(Arc::new(Snapshot {
             members: Arc::clone(members),
@@ -154,13 +170,22 @@ where
     /// The balancer follows later changes of the set made through any clone of the
     /// [`Endpoints`] handle.
     pub fn new(strategy: St, endpoints: Endpoints<K, S>) -> Self {
-        Self::with_max_tries(strategy, endpoints, DEFAULT_MAX_TRIES)
+        Self::with_config(strategy, endpoints, DEFAULT_MAX_TRIES, None, Errors)
     }
+}
 
-    pub(crate) fn with_max_tries(
+impl<St, K, S, C> Balance<St, K, S, C>
+where
+    St: Strategy<K>,
+    K: PartialEq + Clone + Send + Sync + 'static,
+    S: Clone + Send + Sync + 'static,
+{
+    pub(crate) fn with_config(
         strategy: St,
         endpoints: Endpoints<K, S>,
         max_tries: usize,
+        health: Option<OutlierDetection>,
+        classify: C,
     ) -> Self {
         let empty = Arc::new(Members {
             list: Box::new([]),
@@ -171,6 +196,7 @@ where
         let shared = Arc::new(Shared {
             strategy,
             max_tries: max_tries.max(1),
+            health: health.map(|config| Arc::new(Health::new(config))),
             snapshot: ArcSwap::from_pointee(Snapshot {
                 members: empty,
                 table,
@@ -181,17 +207,18 @@ where
         let weak: Weak<Shared<St, K, S>> = Arc::downgrade(&shared);
         // Announces the current membership before any change can slip in.
         endpoints.watch(weak);
-        Self::from_shared(shared)
+        Self::from_shared(shared, classify)
     }
 }
 
-impl<St, K, S> Balance<St, K, S>
+impl<St, K, S, C> Balance<St, K, S, C>
 where
     St: Strategy<K>,
 {
-    fn from_shared(shared: Arc<Shared<St, K, S>>) -> Self {
+    fn from_shared(shared: Arc<Shared<St, K, S>>, classify: C) -> Self {
         Self {
             shared,
+            classify,
             cache: None,
             reused: false,
             reserved: Reserved::None,
@@ -205,20 +232,70 @@ where
         &self.shared.endpoints
     }
 
+    /// A snapshot of every endpoint's statistics, in set order: cheap (a few atomic loads per
+    /// endpoint), for metrics and dashboards.
+    ///
+    /// The counts belong to the endpoint set, so they include the requests of every balancer over
+    /// it; `ejected_for` reflects this balancer's outlier detection clock.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tower::{service_fn, Layer, ServiceExt};
+    /// use tower_lb::{strategy::RoundRobin, BalanceLayer, Endpoints};
+    ///
+    /// # tokio_test::block_on(async {
+    /// let echo = service_fn(|_req: ()| async { Ok::<_, std::convert::Infallible>(()) });
+    /// let balance = BalanceLayer::new(RoundRobin::new())
+    ///     .layer(Endpoints::from_iter([("a", echo), ("b", echo)]));
+    /// for _ in 0..3 {
+    ///     balance.clone().oneshot(()).await.unwrap();
+    /// }
+    /// let stats = balance.stats();
+    /// assert_eq!((stats[0].key, stats[0].picks), ("a", 2));
+    /// assert_eq!((stats[1].key, stats[1].picks), ("b", 1));
+    /// # });
+    /// ```
+    pub fn stats(&self) -> Vec<EndpointStats<K>>
+    where
+        K: Clone,
+    {
+        let snapshot = self.shared.snapshot.load();
+        snapshot
+            .members
+            .list
+            .iter()
+            .map(|m| EndpointStats {
+                key: m.key.clone(),
+                weight: m.weight,
+                picks: m.state.picks.load(Ordering::Relaxed),
+                in_flight: m.state.requests(),
+                failures: m.state.health.failures.load(Ordering::Relaxed),
+                ejected_for: self
+                    .shared
+                    .health
+                    .as_ref()
+                    .and_then(|health| health.ejected_for(&m.state)),
+            })
+            .collect()
+    }
+
     /// The strategy, with its shared state.
     pub fn strategy(&self) -> &St {
         &self.shared.strategy
     }
 }
 
-impl<St, K, S> Clone for Balance<St, K, S>
+impl<St, K, S, C> Clone for Balance<St, K, S, C>
 where
     St: Strategy<K>,
+    C: Clone,
 {
     /// Shares the strategy state and the endpoint set; the clone has no reservation of its own.
     fn clone(&self) -> Self {
         Self {
             shared: Arc::clone(&self.shared),
+            classify: self.classify.clone(),
             cache: None,
             reused: false,
             reserved: Reserved::None,
@@ -310,16 +387,17 @@ where
     }
 }
 
-impl<St, K, S, Req> Service<Req> for Balance<St, K, S>
+impl<St, K, S, C, Req> Service<Req> for Balance<St, K, S, C>
 where
     St: Route<K, Req>,
     K: Send + Sync + 'static,
     S: Service<Req> + Clone + Send + Sync + 'static,
     S::Error: Into<BoxError>,
+    C: Classify<S::Response> + Clone,
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = ResponseFuture<S, Req>;
+    type Future = ResponseFuture<S, Req, C>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         if !matches!(self.reserved, Reserved::None) {
@@ -348,7 +426,14 @@ where
                             .shared
                             .strategy
                             .track(&members.list[index], &members.in_flight);
-                        self.reserved = Reserved::Endpoint(service, in_flight);
+                        let outcome = self.shared.health.as_ref().map(|health| {
+                            Outcome::new(Arc::clone(health), snapshot.to_arc(), index)
+                        });
+                        members.list[index]
+                            .state
+                            .picks
+                            .fetch_add(1, Ordering::Relaxed);
+                        self.reserved = Reserved::Endpoint(service, in_flight, outcome);
                         return Poll::Ready(Ok(()));
                     }
                     Some(Poll::Pending) => return Poll::Pending,
@@ -360,36 +445,77 @@ where
             }
         }
 
-        let first = self.shared.strategy.first(&snapshot.table, &members.list);
-        let tries = self.shared.max_tries.min(len);
+        let health = self.shared.health.as_deref();
+        let first = self
+            .shared
+            .strategy
+            .first(&snapshot.table, &members.list, health);
+        let max_tries = self.shared.max_tries;
+        let mut tried = 0;
         let mut error = None;
-        for step in 0..tries {
-            let mut index = first + step;
-            if index >= len {
-                index -= len;
+        // Eligible endpoints first; if every endpoint is ejected, panic mode decides whether to
+        // route over all of them anyway or to fail.
+        let passes: &[bool] = match health {
+            Some(health) if health.panics() => &[true, false],
+            Some(_) => &[true],
+            None => &[false],
+        };
+        let mut eligible_seen = false;
+        for &skip_ejected in passes {
+            if !skip_ejected && eligible_seen {
+                break;
             }
-            let mut service = members.list[index].service.clone();
-            match service.poll_ready(cx) {
-                Poll::Ready(Ok(())) => {
-                    self.pending.clear();
-                    let in_flight = self
-                        .shared
-                        .strategy
-                        .track(&members.list[index], &members.in_flight);
-                    self.reserved = Reserved::Endpoint(service, in_flight);
-                    return Poll::Ready(Ok(()));
+            for step in 0..len {
+                if tried == max_tries {
+                    break;
                 }
-                Poll::Pending => self.pending.push((index, service)),
-                Poll::Ready(Err(e)) => error = Some(e.into()),
+                let mut index = first + step;
+                if index >= len {
+                    index -= len;
+                }
+                let member = &members.list[index];
+                if skip_ejected {
+                    if let Some(health) = health {
+                        if health.is_ejected(&member.state) {
+                            continue;
+                        }
+                    }
+                    eligible_seen = true;
+                }
+                tried += 1;
+                let mut service = member.service.clone();
+                match service.poll_ready(cx) {
+                    Poll::Ready(Ok(())) => {
+                        self.pending.clear();
+                        let in_flight = self.shared.strategy.track(member, &members.in_flight);
+                        let outcome = self.shared.health.as_ref().map(|health| {
+                            Outcome::new(Arc::clone(health), snapshot.to_arc(), index)
+                        });
+                        member.state.picks.fetch_add(1, Ordering::Relaxed);
+                        self.reserved = Reserved::Endpoint(service, in_flight, outcome);
+                        return Poll::Ready(Ok(()));
+                    }
+                    Poll::Pending => self.pending.push((index, service)),
+                    Poll::Ready(Err(e)) => {
+                        if let Some(health) = health {
+                            health.record(&member.state, true, members.states());
+                        }
+                        error = Some(e.into());
+                    }
+                }
             }
         }
         if !self.pending.is_empty() {
             self.pending_version = members.version;
             return Poll::Pending;
         }
-        self.reserved = Reserved::Unavailable {
-            tried: tries,
-            error,
+        self.reserved = if tried == 0 {
+            Reserved::Unavailable {
+                tried,
+                error: Some(AllEjected::new(len).into()),
+            }
+        } else {
+            Reserved::Unavailable { tried, error }
         };
         Poll::Ready(Ok(()))
     }
@@ -399,8 +525,9 @@ where
         // From the next request on, this balancer is reused: cache the snapshot.
         let first_use = !std::mem::replace(&mut self.reused, true);
         match reserved {
-            Reserved::Endpoint(mut service, in_flight) => {
-                ResponseFuture::called(service.call(request), in_flight)
+            Reserved::Endpoint(mut service, in_flight, outcome) => {
+                let outcome = outcome.map(|o| (o, self.classify.clone()));
+                ResponseFuture::called(service.call(request), in_flight, outcome)
             }
             Reserved::Keyed => self.call_keyed(request, first_use),
             Reserved::NoEndpoints => ResponseFuture::failed(NoEndpoints::new().into()),
@@ -412,15 +539,16 @@ where
     }
 }
 
-impl<St, K, S> Balance<St, K, S>
+impl<St, K, S, C> Balance<St, K, S, C>
 where
     St: Strategy<K>,
     K: Send + Sync + 'static,
     S: Clone + Send + Sync + 'static,
+    C: Clone,
 {
     /// Routes a request by its key: the key's own endpoint when it is ready at once (the common
     /// case, with no allocation), otherwise a [`Routing`] that walks the fallbacks.
-    fn call_keyed<Req>(&mut self, request: Req, first_use: bool) -> ResponseFuture<S, Req>
+    fn call_keyed<Req>(&mut self, request: Req, first_use: bool) -> ResponseFuture<S, Req, C>
     where
         St: Route<K, Req>,
         S: Service<Req>,
@@ -438,20 +566,35 @@ where
         if let Some(error) = snapshot.table.error() {
             return ResponseFuture::failed(error.clone().into());
         }
+        let health = self.shared.health.as_deref();
         let mut walker = Walker::new(snapshot.table.start(hash), strategy.load_factor());
-        let Some((index, in_flight)) = walker.next::<S, _>(&*snapshot, &[]) else {
-            return ResponseFuture::failed(Unavailable::new(0, None).into());
+        let Some((index, in_flight)) = walker.next::<S, _>(&*snapshot, &[], health) else {
+            let error = AllEjected::new(snapshot.members.len());
+            return ResponseFuture::failed(Unavailable::new(0, Some(error.into())).into());
         };
-        let mut service = snapshot.members.list[index].service.clone();
+        let member = &snapshot.members.list[index];
+        let mut service = member.service.clone();
         // Poll without the task's waker: if the endpoint is not ready at once, the routing
         // future polls it again with the real one before anything waits on it.
         let mut noop = Context::from_waker(std::task::Waker::noop());
         let mut pending = Vec::new();
         let mut error = None;
         match service.poll_ready(&mut noop) {
-            Poll::Ready(Ok(())) => return ResponseFuture::called(service.call(request), in_flight),
-            Poll::Pending => pending.push((service, in_flight)),
-            Poll::Ready(Err(e)) => error = Some(e.into()),
+            Poll::Ready(Ok(())) => {
+                member.state.picks.fetch_add(1, Ordering::Relaxed);
+                let outcome = self.shared.health.as_ref().map(|health| {
+                    let outcome = Outcome::new(Arc::clone(health), snapshot.to_arc(), index);
+                    (outcome, self.classify.clone())
+                });
+                return ResponseFuture::called(service.call(request), in_flight, outcome);
+            }
+            Poll::Pending => pending.push((index, service, in_flight)),
+            Poll::Ready(Err(e)) => {
+                if let Some(health) = health {
+                    health.record(&member.state, true, snapshot.members.states());
+                }
+                error = Some(e.into());
+            }
         }
         let candidates: Arc<dyn Candidates<S>> = snapshot.to_arc();
         ResponseFuture::routing(Routing {
@@ -462,9 +605,16 @@ where
             tried: vec![index as u32],
             max_tries: self.shared.max_tries,
             error,
+            health: self.shared.health.clone(),
+            classify: self.classify.clone(),
         })
     }
+}
 
+impl<St, K, S, C> Balance<St, K, S, C>
+where
+    St: Strategy<K>,
+{
     /// The endpoint a keyed strategy routes `key` to when every endpoint is available (and, with
     /// bounded loads, none is full): the key's own endpoint. `None` for keyless strategies and
     /// empty sets.
@@ -502,6 +652,24 @@ where
             snapshot: self.shared.snapshot.load_full(),
         }
     }
+}
+
+/// One endpoint's statistics: see [`Balance::stats`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EndpointStats<K> {
+    /// The endpoint's key.
+    pub key: K,
+    /// Its weight.
+    pub weight: u32,
+    /// Requests routed to it.
+    pub picks: u64,
+    /// Requests in flight on it, as the load-aware strategies count them (0 under the others).
+    pub in_flight: usize,
+    /// Failures recorded by outlier detection (0 without it).
+    pub failures: u64,
+    /// How much longer it stays ejected, if it is.
+    pub ejected_for: Option<Duration>,
 }
 
 /// How a keyed strategy maps request keys to endpoints, for one membership snapshot: see
@@ -588,7 +756,7 @@ where
     }
 }
 
-impl<St, K, S> fmt::Debug for Balance<St, K, S>
+impl<St, K, S, C> fmt::Debug for Balance<St, K, S, C>
 where
     St: Strategy<K> + fmt::Debug,
 {

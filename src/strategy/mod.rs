@@ -83,7 +83,7 @@ use std::{
     sync::{atomic::AtomicUsize, Arc},
 };
 
-use crate::{endpoints::Member, error::InvalidConfig, load::InFlight};
+use crate::{ejection::Health, endpoints::Member, error::InvalidConfig, load::InFlight};
 
 /// A load-balancing strategy, usable with [`BalanceLayer`](crate::BalanceLayer) over endpoints
 /// keyed by `K`.
@@ -106,7 +106,12 @@ pub trait Strategy<K>: sealed::Sealed + Send + Sync + 'static {
     /// Keyless strategies: the first candidate for the next request, an index into `members`
     /// (never empty). Called on the request path: no locks, no allocation.
     #[doc(hidden)]
-    fn first<S>(&self, _table: &Self::Table, _members: &[Member<K, S>]) -> usize {
+    fn first<S>(
+        &self,
+        _table: &Self::Table,
+        _members: &[Member<K, S>],
+        _health: Option<&Health>,
+    ) -> usize {
         0
     }
 

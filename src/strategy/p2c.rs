@@ -6,6 +6,7 @@ use std::{
 
 use super::{below, sealed::Sealed, Rng, Strategy};
 use crate::{
+    ejection::Health,
     endpoints::Member,
     error::InvalidConfig,
     load::{self, InFlight},
@@ -115,6 +116,30 @@ impl PowerOfTwoChoices {
         Ok(self)
     }
 
+    /// Whether `x` is no more loaded than `y`, loads divided by weight (times the slow-start
+    /// factors `fx` and `fy`, 1 outside slow start).
+    #[inline]
+    fn lighter<K, S>(&self, x: &Member<K, S>, y: &Member<K, S>, fx: f64, fy: f64) -> bool {
+        match self.peak_ewma {
+            None if fx == 1.0 && fy == 1.0 => {
+                // Integer cross-multiplication: in_flight / weight without division.
+                let load_x = x.state.requests() as u128;
+                let load_y = y.state.requests() as u128;
+                load_x * u128::from(y.weight) <= load_y * u128::from(x.weight)
+            }
+            None => {
+                let load_x = x.state.requests() as f64;
+                let load_y = y.state.requests() as f64;
+                load_x * f64::from(y.weight) * fy <= load_y * f64::from(x.weight) * fx
+            }
+            Some((default_ns, decay_ns)) => {
+                let now = load::recent();
+                Self::cost(x, now, default_ns, decay_ns) * f64::from(y.weight) * fy
+                    <= Self::cost(y, now, default_ns, decay_ns) * f64::from(x.weight) * fx
+            }
+        }
+    }
+
     /// The peak-EWMA load of `member` (not yet divided by its weight) at time `now`.
     #[inline]
     fn cost<K, S>(member: &Member<K, S>, now: u64, default_ns: f64, decay_ns: f64) -> f64 {
@@ -171,7 +196,7 @@ impl<K> Strategy<K> for PowerOfTwoChoices {
     fn build<S>(&self, _members: &[Member<K, S>]) {}
 
     #[inline]
-    fn first<S>(&self, _table: &(), members: &[Member<K, S>]) -> usize {
+    fn first<S>(&self, _table: &(), members: &[Member<K, S>], health: Option<&Health>) -> usize {
         let n = members.len();
         if n == 1 {
             return 0;
@@ -181,19 +206,19 @@ impl<K> Strategy<K> for PowerOfTwoChoices {
         let a = below(bits.rotate_right(32), n);
         let b = (a + 1 + below(bits, n - 1)) % n;
         let (x, y) = (&members[a], &members[b]);
-        let a_wins = match self.peak_ewma {
-            None => {
-                // Integer cross-multiplication: in_flight / weight without division.
-                let load_a = x.state.requests() as u128;
-                let load_b = y.state.requests() as u128;
-                load_a * u128::from(y.weight) <= load_b * u128::from(x.weight)
-            }
-            Some((default_ns, decay_ns)) => {
-                let now = load::recent();
-                // cost / weight compared by cross-multiplication.
-                Self::cost(x, now, default_ns, decay_ns) * f64::from(y.weight)
-                    <= Self::cost(y, now, default_ns, decay_ns) * f64::from(x.weight)
-            }
+        let a_wins = match health {
+            None => self.lighter(x, y, 1.0, 1.0),
+            Some(health) => match (health.is_ejected(&x.state), health.is_ejected(&y.state)) {
+                // An ejected endpoint loses to one that is not.
+                (true, false) => false,
+                (false, true) => true,
+                _ => self.lighter(
+                    x,
+                    y,
+                    health.slow_start_factor(&x.state),
+                    health.slow_start_factor(&y.state),
+                ),
+            },
         };
         if a_wins {
             a

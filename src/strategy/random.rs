@@ -1,7 +1,7 @@
 use std::fmt;
 
 use super::{below, sealed::Sealed, Rng, Strategy, Walk};
-use crate::endpoints::Member;
+use crate::{ejection::Health, endpoints::Member};
 
 /// Sends each request to a random endpoint, in proportion to the weights.
 ///
@@ -143,7 +143,7 @@ impl<K> Strategy<K> for Random {
     }
 
     #[inline]
-    fn first<S>(&self, weights: &Weights, members: &[Member<K, S>]) -> usize {
+    fn first<S>(&self, weights: &Weights, members: &[Member<K, S>], _: Option<&Health>) -> usize {
         weights.draw(&self.rng, members.len())
     }
 }

@@ -1,7 +1,7 @@
 use std::fmt;
 
 use super::{sealed::Sealed, Cursor, Strategy};
-use crate::endpoints::Member;
+use crate::{ejection::Health, endpoints::Member};
 
 /// Sends each request to the next endpoint in set order, with one cursor shared by every clone of
 /// the balancer and every thread.
@@ -68,7 +68,7 @@ impl<K> Strategy<K> for RoundRobin {
     fn build<S>(&self, _members: &[Member<K, S>]) {}
 
     #[inline]
-    fn first<S>(&self, _table: &(), members: &[Member<K, S>]) -> usize {
+    fn first<S>(&self, _table: &(), members: &[Member<K, S>], _: Option<&Health>) -> usize {
         self.cursor.next() % members.len()
     }
 }

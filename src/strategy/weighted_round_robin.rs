@@ -1,7 +1,7 @@
 use std::fmt;
 
 use super::{sealed::Sealed, Cursor, Strategy};
-use crate::endpoints::Member;
+use crate::{ejection::Health, endpoints::Member};
 
 /// The longest schedule precomputed as nginx's smooth sequence, in entries (4 bytes each).
 const MAX_SCHEDULE_LEN: u64 = 1 << 16;
@@ -268,7 +268,7 @@ impl<K> Strategy<K> for WeightedRoundRobin {
     }
 
     #[inline]
-    fn first<S>(&self, schedule: &Schedule, _members: &[Member<K, S>]) -> usize {
+    fn first<S>(&self, schedule: &Schedule, _: &[Member<K, S>], _: Option<&Health>) -> usize {
         schedule.at(self.cursor.next())
     }
 }

@@ -1,0 +1,248 @@
+//! Passive health checks: outlier ejection, panic mode and slow start.
+//!
+//! With [`BalanceLayer::outlier_detection`](crate::BalanceLayer::outlier_detection), the balancer
+//! watches every request's outcome. A failure is an error from the endpoint (its response future
+//! or its `poll_ready`), or a response that the [classifier](Classify) calls one, such as an HTTP
+//! 5xx with [`ServerErrors`]. After `k` consecutive failures (default 5) an endpoint is ejected:
+//! no strategy routes to it for a base time (default 10 s) that doubles with every ejection in a
+//! row, up to a cap (default 300 s). A success after its return clears both counts. At most a
+//! share of the set (default 50%, and always at least one endpoint) is ejected at once.
+//!
+//! Every strategy skips ejected endpoints the way it skips unavailable ones: keyless strategies go
+//! to the next endpoints, keyed strategies to the key's next candidates, so only the ejected
+//! endpoint's keys move, and they come back when the ejection ends.
+//!
+//! When no endpoint is eligible, the balancer is in *panic mode*: by default it routes over all of
+//! them as if none were ejected (a likely-wrong ejection is better than no service); with
+//! [`OutlierDetection::fail_when_all_ejected`] requests fail at once with
+//! [`Unavailable`](crate::error::Unavailable) instead.
+//!
+//! With [`OutlierDetection::slow_start`], an endpoint returning from ejection (or newly inserted)
+//! gets its weight ramped up linearly over a window, for the strategies that balance on load.
+//!
+//! The counts, the ejection state and the per-endpoint statistics live beside the endpoint set:
+//! every clone of a balancer, and every balancer over the same set, sees and feeds the same ones.
+//! See [`Balance::stats`](crate::Balance::stats).
+//!
+//! # Examples
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower::{service_fn, Layer, ServiceExt};
+//! use tower_lb::{health::OutlierDetection, strategy::RoundRobin, BalanceLayer, Endpoints};
+//!
+//! # tokio_test::block_on(async {
+//! let healthy = service_fn(|_req: ()| async { Ok::<_, tower_lb::BoxError>("healthy") });
+//! let broken = service_fn(|_req: ()| async { Err::<&str, _>(tower_lb::BoxError::from("down")) });
+//! let set = Endpoints::from_iter([
+//!     ("a", tower::util::BoxCloneSyncService::new(healthy)),
+//!     ("b", tower::util::BoxCloneSyncService::new(broken)),
+//! ]);
+//! let detection = OutlierDetection::new()
+//!     .consecutive_failures(2)
+//!     .unwrap()
+//!     .base_ejection_time(Duration::from_secs(30))
+//!     .unwrap();
+//! let balance = BalanceLayer::new(RoundRobin::new())
+//!     .outlier_detection(detection)
+//!     .layer(set.clone());
+//!
+//! for _ in 0..4 {
+//!     let _ = balance.clone().oneshot(()).await;
+//! }
+//! // After two failures in a row, b is ejected: every request now goes to a.
+//! for _ in 0..4 {
+//!     assert_eq!(balance.clone().oneshot(()).await.unwrap(), "healthy");
+//! }
+//! let stats = balance.stats();
+//! assert!(stats[1].ejected_for.is_some());
+//! assert_eq!(stats[1].failures, 2);
+//! # });
+//! ```
+
+use std::{
+    fmt,
+    time::{Duration, Instant},
+};
+
+use crate::error::InvalidConfig;
+
+/// Tells which responses count as failures for outlier detection. Errors always do.
+pub trait Classify<Res> {
+    /// Whether this (successful) response is a failure of the endpoint.
+    fn is_failure(&self, response: &Res) -> bool;
+}
+
+/// Counts only errors as failures: every response is a success. The default.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Errors;
+
+impl<Res> Classify<Res> for Errors {
+    fn is_failure(&self, _response: &Res) -> bool {
+        false
+    }
+}
+
+/// Counts HTTP responses with a 5xx status as failures, besides errors.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ServerErrors;
+
+impl<B> Classify<http::Response<B>> for ServerErrors {
+    fn is_failure(&self, response: &http::Response<B>) -> bool {
+        response.status().is_server_error()
+    }
+}
+
+impl<F, Res> Classify<Res> for F
+where
+    F: Fn(&Res) -> bool,
+{
+    fn is_failure(&self, response: &Res) -> bool {
+        self(response)
+    }
+}
+
+/// Settings of passive health checking; see the [module docs](self).
+#[derive(Clone)]
+pub struct OutlierDetection {
+    pub(crate) consecutive_failures: u32,
+    pub(crate) base: Duration,
+    pub(crate) max: Duration,
+    pub(crate) max_ejected: f64,
+    pub(crate) panic: bool,
+    pub(crate) slow_start: Option<Duration>,
+    pub(crate) clock: fn() -> Instant,
+}
+
+impl OutlierDetection {
+    /// Ejects after 5 consecutive failures, for 10 s doubling up to 300 s, at most 50% of the
+    /// set; routes over every endpoint when all are ejected; no slow start.
+    pub fn new() -> Self {
+        Self {
+            consecutive_failures: 5,
+            base: Duration::from_secs(10),
+            max: Duration::from_secs(300),
+            max_ejected: 0.5,
+            panic: true,
+            slow_start: None,
+            clock: Instant::now,
+        }
+    }
+
+    /// Ejects an endpoint after `k` consecutive failures.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidConfig`] if `k` is 0.
+    pub fn consecutive_failures(mut self, k: u32) -> Result<Self, InvalidConfig> {
+        if k == 0 {
+            return Err(InvalidConfig::new("consecutive failures", "at least 1", k));
+        }
+        self.consecutive_failures = k;
+        Ok(self)
+    }
+
+    /// The first ejection lasts `base`; each further ejection in a row doubles it.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidConfig`] if `base` is zero or above the maximum ejection time.
+    pub fn base_ejection_time(mut self, base: Duration) -> Result<Self, InvalidConfig> {
+        if base.is_zero() || base > self.max {
+            return Err(InvalidConfig::new(
+                "base ejection time",
+                "more than zero and at most the maximum ejection time",
+                format_args!("{base:?}"),
+            ));
+        }
+        self.base = base;
+        Ok(self)
+    }
+
+    /// Caps the ejection time.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidConfig`] if `max` is below the base ejection time.
+    pub fn max_ejection_time(mut self, max: Duration) -> Result<Self, InvalidConfig> {
+        if max < self.base {
+            return Err(InvalidConfig::new(
+                "max ejection time",
+                "at least the base ejection time",
+                format_args!("{max:?}"),
+            ));
+        }
+        self.max = max;
+        Ok(self)
+    }
+
+    /// The largest share of the set ejected at once, from 0 to 1 (default 0.5). At least one
+    /// endpoint may always be ejected.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidConfig`] unless `0 <= share <= 1`.
+    pub fn max_ejected_share(mut self, share: f64) -> Result<Self, InvalidConfig> {
+        if !(0.0..=1.0).contains(&share) {
+            return Err(InvalidConfig::new(
+                "max ejected share",
+                "between 0 and 1",
+                share,
+            ));
+        }
+        self.max_ejected = share;
+        Ok(self)
+    }
+
+    /// When every endpoint is ejected, fail requests with
+    /// [`Unavailable`](crate::error::Unavailable) instead of routing over all of them.
+    pub fn fail_when_all_ejected(mut self) -> Self {
+        self.panic = false;
+        self
+    }
+
+    /// Ramps an endpoint's weight up linearly over `window` after it returns from ejection or
+    /// joins the set, for the strategies that balance on load
+    /// ([`PowerOfTwoChoices`](crate::strategy::PowerOfTwoChoices)).
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidConfig`] if `window` is zero.
+    pub fn slow_start(mut self, window: Duration) -> Result<Self, InvalidConfig> {
+        if window.is_zero() {
+            return Err(InvalidConfig::new(
+                "slow start window",
+                "more than zero",
+                "0s",
+            ));
+        }
+        self.slow_start = Some(window);
+        Ok(self)
+    }
+
+    /// The clock ejection times are measured on (default `Instant::now`). Tests that run on
+    /// tokio's paused clock pass `|| tokio::time::Instant::now().into_std()`.
+    pub fn clock(mut self, clock: fn() -> Instant) -> Self {
+        self.clock = clock;
+        self
+    }
+}
+
+impl Default for OutlierDetection {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for OutlierDetection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OutlierDetection")
+            .field("consecutive_failures", &self.consecutive_failures)
+            .field("base", &self.base)
+            .field("max", &self.max)
+            .field("max_ejected", &self.max_ejected)
+            .field("panic", &self.panic)
+            .field("slow_start", &self.slow_start)
+            .finish()
+    }
+}
