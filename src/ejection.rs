@@ -47,6 +47,10 @@ impl Health {
             + 1
     }
 
+    pub(crate) fn slow_starts(&self) -> bool {
+        self.config.slow_start.is_some()
+    }
+
     pub(crate) fn panics(&self) -> bool {
         self.config.panic
     }

@@ -125,6 +125,8 @@ where
     snapshot: ArcSwap<Snapshot<St::Table, K, S>>,
     /// The version of the newest snapshot, stored after it is published.
     version: AtomicU64,
+    /// Whether the set has announced its first membership to this balancer.
+    announced: std::sync::atomic::AtomicBool,
     /// Keeps the set alive for the [`Balance::endpoints`] handle.
     endpoints: Endpoints<K, S>,
 }
@@ -143,10 +145,19 @@ where
 {
     fn changed(&self, members: &Arc<Members<K, S>>) {
         if let Some(health) = &self.health {
-            // Slow start counts from when an endpoint first appears in a change of the set.
-            if members.version > 0 {
+            // Slow start counts from when an endpoint first appears in a change of the set,
+            // after the membership the balancer started with.
+            let previous = self.snapshot.load();
+            if self.announced.swap(true, Ordering::AcqRel) && health.slow_starts() {
                 for member in members.list.iter() {
-                    health.joined(&member.state);
+                    let known = previous
+                        .members
+                        .list
+                        .iter()
+                        .any(|m| Arc::ptr_eq(&m.state, &member.state));
+                    if !known {
+                        health.joined(&member.state);
+                    }
                 }
             }
         }
@@ -202,6 +213,7 @@ where
                 table,
             }),
             version: AtomicU64::new(0),
+            announced: std::sync::atomic::AtomicBool::new(false),
             endpoints: endpoints.clone(),
         });
         let weak: Weak<Shared<St, K, S>> = Arc::downgrade(&shared);
