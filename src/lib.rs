@@ -21,6 +21,10 @@
 //!   endpoints are passed over, failing ones skipped without being dropped from the set.
 //! - **Runtime membership**: an [`Endpoints`] handle inserts, removes and re-weights endpoints from
 //!   any thread while requests flow; requests in flight on a removed endpoint complete.
+//!   [`Endpoints::follow`] drives a `tower::discover::Discover` into the set without request
+//!   traffic ([`discover`]).
+//! - **Passive health**: outlier ejection with a doubling backoff, a cap on the ejected share,
+//!   panic mode and slow start ([`health`]); per-endpoint [`Balance::stats`].
 //! - **Cheap per request**: picking reads a lock-free snapshot and bumps an atomic cursor; no
 //!   mutex and no heap allocation on the request path. Cloning a `Balance` (as axum does for every
 //!   request) costs one `Arc` clone.
