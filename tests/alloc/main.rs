@@ -8,13 +8,17 @@ use std::{
     future::Future,
     pin::pin,
     task::{Context, Poll},
+    time::Duration,
 };
 
 use http::{header::HeaderName, Request};
 use tower::{Layer, Service};
 use tower_lb::{
+    health::OutlierDetection,
     key,
-    strategy::{ConsistentHash, Hash, RoundRobin, WeightedRoundRobin},
+    strategy::{
+        ConsistentHash, Hash, Maglev, PowerOfTwoChoices, Random, RoundRobin, WeightedRoundRobin,
+    },
     BalanceLayer, Endpoints,
 };
 
@@ -131,11 +135,21 @@ fn keyed_routing_allocates_nothing() {
     let mut ring = BalanceLayer::new(ConsistentHash::new(header())).layer(set.clone());
     let mut bounded = BalanceLayer::new(ConsistentHash::new(header()).bounded_load(1.25).unwrap())
         .layer(set.clone());
+    let mut maglev = BalanceLayer::new(Maglev::new(header())).layer(set.clone());
+    let mut ring_with_health = BalanceLayer::new(ConsistentHash::new(header()))
+        .outlier_detection(OutlierDetection::new())
+        .layer(set.clone());
 
     for clone_per_request in [false, true] {
         assert_keyed_routing_allocates_nothing(&mut hash, "hash", clone_per_request);
         assert_keyed_routing_allocates_nothing(&mut ring, "consistent hash", clone_per_request);
         assert_keyed_routing_allocates_nothing(&mut bounded, "bounded load", clone_per_request);
+        assert_keyed_routing_allocates_nothing(&mut maglev, "maglev", clone_per_request);
+        assert_keyed_routing_allocates_nothing(
+            &mut ring_with_health,
+            "consistent hash with outlier detection",
+            clone_per_request,
+        );
     }
 }
 
@@ -181,23 +195,42 @@ where
 #[test]
 fn routing_requests_allocates_nothing() {
     let set = Endpoints::try_from_weighted((0..100u32).map(|i| (i, Echo, 1 + i % 7))).unwrap();
-    let mut round_robin = BalanceLayer::new(RoundRobin::new()).layer(set.clone());
-    let mut weighted = BalanceLayer::new(WeightedRoundRobin::new()).layer(set.clone());
+    let detection = OutlierDetection::new()
+        .slow_start(Duration::from_secs(5))
+        .unwrap();
+    let peak_ewma = PowerOfTwoChoices::new()
+        .peak_ewma(Duration::from_millis(1), Duration::from_secs(10))
+        .unwrap();
 
     for clone_per_request in [false, true] {
-        // Warm-up: first use of thread-locals, lazily built state.
-        route(&mut round_robin, 100, clone_per_request);
-        route(&mut weighted, 100, clone_per_request);
-        let allocations = allocations_during(|| route(&mut round_robin, 10_000, clone_per_request));
-        assert_eq!(
-            allocations, 0,
-            "round robin, clone per request: {clone_per_request}"
-        );
-        let allocations = allocations_during(|| route(&mut weighted, 10_000, clone_per_request));
-        assert_eq!(
-            allocations, 0,
-            "weighted, clone per request: {clone_per_request}"
-        );
+        let run = |name: &str, svc: &mut dyn FnMut(u64)| {
+            // Warm-up: first use of thread-locals, lazily built state.
+            svc(100);
+            let allocations = allocations_during(|| svc(10_000));
+            assert_eq!(
+                allocations, 0,
+                "{name}, clone per request: {clone_per_request}"
+            );
+        };
+        let mut rr = BalanceLayer::new(RoundRobin::new()).layer(set.clone());
+        run("round robin", &mut |n| route(&mut rr, n, clone_per_request));
+        let mut wrr = BalanceLayer::new(WeightedRoundRobin::new()).layer(set.clone());
+        run("weighted", &mut |n| route(&mut wrr, n, clone_per_request));
+        let mut p2c = BalanceLayer::new(PowerOfTwoChoices::new()).layer(set.clone());
+        run("p2c", &mut |n| route(&mut p2c, n, clone_per_request));
+        let mut ewma = BalanceLayer::new(peak_ewma.clone()).layer(set.clone());
+        run("p2c peak ewma", &mut |n| {
+            route(&mut ewma, n, clone_per_request)
+        });
+        let mut random = BalanceLayer::new(Random::new()).layer(set.clone());
+        run("random", &mut |n| route(&mut random, n, clone_per_request));
+        // Passive health on: outcomes recorded, loads compared, without allocating.
+        let mut healthy = BalanceLayer::new(PowerOfTwoChoices::new())
+            .outlier_detection(detection.clone())
+            .layer(set.clone());
+        run("p2c with outlier detection", &mut |n| {
+            route(&mut healthy, n, clone_per_request)
+        });
     }
 
     // The counter is live: a change of membership does allocate (a new snapshot), off the
