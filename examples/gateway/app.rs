@@ -8,7 +8,7 @@
 //! | a `CONNECT` request (this is not a forward proxy) | 405 Method Not Allowed |
 //! | the request body is larger than the cap ([`MAX_BODY_BYTES`] by default) | 413 Payload Too Large |
 //! | the request has no routing key and no default ([`MissingKey`]; cannot happen with the default key) | 400 Bad Request |
-//! | the endpoint set is empty ([`NoEndpoints`]), or every endpoint is ejected ([`Unavailable`]) | 503 Service Unavailable |
+//! | the endpoint set is empty ([`NoEndpoints`]) | 503 Service Unavailable |
 //! | the last attempt could not connect to its backend ([`NoBackendReachable`]) | 503 Service Unavailable |
 //! | the last attempt connected, then the backend failed (reset, closed early, bad response) | 502 Bad Gateway |
 //! | no response head within the timeout, retries included ([`Elapsed`]) | 504 Gateway Timeout |
@@ -25,10 +25,28 @@
 //! either, which (with failed backends ejected, below) means that no backend is up: the answer
 //! for an empty set too. With every backend gone, every request gets 503.
 //!
-//! An endpoint whose connection failed is ejected for a backoff (250 ms, doubling with every
-//! further failure in a row, at most 8 s): its `poll_ready` fails, so the balancer passes over
-//! it, and concurrent requests stop trying it. When every endpoint is ejected the balancer fails
-//! fast with [`Unavailable`] (503). Once its backoff is over, requests try it again.
+//! # Passive health
+//!
+//! The balancer ejects failing backends itself, with tower-lb's
+//! [outlier detection](tower_lb::health) ([`GatewayConfig::outlier_detection`]): after
+//! [`GatewayConfig::eject_after`] failures in a row (default 1), a backend is ejected for 250 ms,
+//! doubling with every ejection in a row up to 8 s, and no request is routed to it meanwhile, so
+//! that concurrent requests and retries stop trying it. Once its time is over, requests try it
+//! again; a success clears its backoff. A failure is an error from the backend (a failed
+//! connection, or a failed exchange) or a 502, 503 or 504 answer ([`is_backend_failure`]); a
+//! request cut short by the gateway's timeout is not counted either way.
+//!
+//! Any number of backends may be ejected at once. When every one is, the balancer is in *panic
+//! mode*: it routes over all of them as if none were ejected, so that a wrong ejection never
+//! costs the service, and a backend that came back serves at once. With every backend really
+//! gone, those connections fail too, and the request gets 503 as above.
+//!
+//! With the hash strategies, a retry goes to the key's own backend again until that backend is
+//! ejected, and only then to the key's next one: with `eject_after` above 1, requests whose key
+//! maps to a backend that is down can use up their retries on it and get 503.
+//!
+//! The balancer's per-endpoint statistics (picks, failures, ejections) are read through
+//! [`Gateway::stats`].
 
 use std::{
     error::Error,
@@ -37,12 +55,9 @@ use std::{
     io,
     net::{IpAddr, SocketAddr},
     str::FromStr,
-    sync::{
-        atomic::{AtomicU32, AtomicU64, Ordering},
-        Arc,
-    },
+    sync::Arc,
     task::{Context, Poll},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use axum::{
@@ -65,14 +80,15 @@ use hyper_util::{
 };
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tower::{
-    retry::Policy, timeout::error::Elapsed, util::BoxCloneSyncService, Service, ServiceBuilder,
-    ServiceExt,
+    retry::Policy, timeout::error::Elapsed, util::BoxCloneSyncService, Layer, Service,
+    ServiceBuilder, ServiceExt,
 };
 use tower_lb::{
-    error::{InvalidWeight, MissingKey, NoEndpoints, Unavailable},
+    error::{InvalidConfig, InvalidWeight, MissingKey, NoEndpoints, Unavailable},
+    health::OutlierDetection,
     key,
     strategy::{ConsistentHash, Hash, RoundRobin, Route, WeightedRoundRobin},
-    BalanceLayer, BoxError, Endpoints,
+    BalanceLayer, BoxError, EndpointStats, Endpoints,
 };
 
 /// The largest request body the gateway accepts by default: bodies are buffered so that a retry
@@ -85,6 +101,11 @@ pub const DEFAULT_KEY: &str = "default_key";
 /// The response header naming the endpoint (its key) that served the request; the demo counts by
 /// it. It reveals the backend topology, which a public gateway might rather hide.
 pub const UPSTREAM_HEADER: &str = "x-upstream";
+
+/// The first ejection of a failing backend; doubled for every further ejection in a row.
+pub const EJECT_FIRST: Duration = Duration::from_millis(250);
+/// The longest ejection: an ejected backend is tried again at least this often.
+pub const EJECT_MAX: Duration = Duration::from_secs(8);
 
 /// How the gateway picks a backend for a request.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -243,6 +264,9 @@ pub struct GatewayConfig {
     pub timeout: Duration,
     /// How many times a failed request may be sent again (see the [module docs](self)).
     pub retries: usize,
+    /// Failures in a row after which a backend is ejected (at least 1); see the
+    /// [module docs](self#passive-health).
+    pub eject_after: u32,
     /// The largest request body accepted; larger ones get 413.
     pub max_body_bytes: usize,
 }
@@ -255,6 +279,7 @@ impl Default for GatewayConfig {
             key: KeySource::default(),
             timeout: Duration::from_millis(2000),
             retries: 2,
+            eject_after: 1,
             max_body_bytes: MAX_BODY_BYTES,
         }
     }
@@ -285,7 +310,26 @@ impl GatewayConfig {
         if self.timeout.is_zero() {
             return Err(ConfigError::ZeroTimeout);
         }
+        self.outlier_detection()
+            .map_err(ConfigError::OutlierDetection)?;
         Ok(())
+    }
+
+    /// The balancer's passive health settings: ejection after [`eject_after`](Self::eject_after)
+    /// failures in a row, for [`EJECT_FIRST`] doubling up to [`EJECT_MAX`], any share of the
+    /// backends at once, and panic mode when all are ejected.
+    ///
+    /// Any share, rather than tower-lb's default of half, because a refused connection is cheap
+    /// to detect but each one costs a retry (and an unanswered one a connect timeout): with two
+    /// of three backends down, the second should be passed over as well. Panic mode keeps
+    /// serving if that was wrong.
+    pub fn outlier_detection(&self) -> Result<OutlierDetection, InvalidConfig> {
+        OutlierDetection::new()
+            .consecutive_failures(self.eject_after)?
+            // Base first: the maximum may not be set below the current base (10 s by default).
+            .base_ejection_time(EJECT_FIRST)?
+            .max_ejection_time(EJECT_MAX)?
+            .max_ejected_share(1.0)
     }
 }
 
@@ -320,6 +364,8 @@ pub enum ConfigError {
     Weight(InvalidWeight),
     /// A zero timeout, which would fail every request.
     ZeroTimeout,
+    /// Passive health settings the balancer rejected, such as ejection after 0 failures.
+    OutlierDetection(InvalidConfig),
 }
 
 impl fmt::Display for ConfigError {
@@ -350,6 +396,7 @@ impl fmt::Display for ConfigError {
             ),
             Self::Weight(error) => error.fmt(f),
             Self::ZeroTimeout => f.write_str("the timeout must be at least 1 ms"),
+            Self::OutlierDetection(error) => error.fmt(f),
         }
     }
 }
@@ -358,6 +405,7 @@ impl Error for ConfigError {
     fn source(&self) -> Option<&(dyn Error + 'static)> {
         match self {
             Self::Weight(error) => Some(error),
+            Self::OutlierDetection(error) => Some(error),
             _ => None,
         }
     }
@@ -366,15 +414,21 @@ impl Error for ConfigError {
 /// The balanced stack behind the router, the same type for every strategy.
 pub type GatewayService = BoxCloneSyncService<Request<Bytes>, Response<Incoming>, BoxError>;
 
-/// Builds the gateway for `targets`: an axum router that forwards every request, and the endpoint
-/// set it balances over (keyed by [`Target::key`]), whose handle inserts or removes backends at
-/// runtime.
-///
-/// Serve the router with [`Server`] (or with axum's connect info, which gives `x-forwarded-for`).
-pub fn gateway(
-    targets: &[Target],
-    config: &GatewayConfig,
-) -> Result<(Router, Endpoints<String, HttpEndpoint>), ConfigError> {
+/// A built gateway: see [`gateway`].
+#[derive(Debug)]
+pub struct Gateway {
+    /// Forwards every request. Serve it with [`Server`] (or with axum's connect info, which gives
+    /// `x-forwarded-for`).
+    pub router: Router,
+    /// The endpoint set balanced over (keyed by [`Target::key`]): its handle inserts or removes
+    /// backends at runtime.
+    pub endpoints: Endpoints<String, HttpEndpoint>,
+    /// The balancer's per-endpoint statistics.
+    pub stats: Stats,
+}
+
+/// Builds the gateway for `targets`: the router, the endpoint set and the balancer's statistics.
+pub fn gateway(targets: &[Target], config: &GatewayConfig) -> Result<Gateway, ConfigError> {
     config.check(targets.len())?;
     for (i, target) in targets.iter().enumerate() {
         if targets[..i].iter().any(|t| t.key == target.key) {
@@ -396,28 +450,37 @@ pub fn gateway(
             .map(|(t, w)| (t.key.clone(), HttpEndpoint::new(t, connect_timeout), w)),
     )
     .map_err(ConfigError::Weight)?;
+    let detection = config
+        .outlier_detection()
+        .map_err(ConfigError::OutlierDetection)?;
 
-    let service = match (&config.strategy, &config.key) {
-        (StrategyKind::RoundRobin, _) => stack(RoundRobin::new(), &endpoints, config),
-        (StrategyKind::Weighted, _) => stack(WeightedRoundRobin::new(), &endpoints, config),
+    let (service, stats) = match (&config.strategy, &config.key) {
+        (StrategyKind::RoundRobin, _) => stack(RoundRobin::new(), &endpoints, &detection, config),
+        (StrategyKind::Weighted, _) => {
+            stack(WeightedRoundRobin::new(), &endpoints, &detection, config)
+        }
         (StrategyKind::Hash, KeySource::Query(name)) => stack(
             Hash::new(key::query(name).or(DEFAULT_KEY)),
             &endpoints,
+            &detection,
             config,
         ),
         (StrategyKind::Hash, KeySource::Header(name)) => stack(
             Hash::new(key::header(name.clone()).or(DEFAULT_KEY)),
             &endpoints,
+            &detection,
             config,
         ),
         (StrategyKind::Consistent, KeySource::Query(name)) => stack(
             ConsistentHash::new(key::query(name).or(DEFAULT_KEY)),
             &endpoints,
+            &detection,
             config,
         ),
         (StrategyKind::Consistent, KeySource::Header(name)) => stack(
             ConsistentHash::new(key::header(name.clone()).or(DEFAULT_KEY)),
             &endpoints,
+            &detection,
             config,
         ),
     };
@@ -426,30 +489,77 @@ pub fn gateway(
         max_body_bytes: config.max_body_bytes,
     };
     let router = Router::new().fallback(forward).with_state(state);
-    Ok((router, endpoints))
+    Ok(Gateway {
+        router,
+        endpoints,
+        stats,
+    })
 }
 
 /// timeout(retry(balance(endpoints))): the timeout bounds the whole request, retries included,
-/// and every retry goes through the balancer again, so it lands on another endpoint.
+/// and every retry goes through the balancer again, which passes over the backends ejected by
+/// then (the one that just failed, with the default [`GatewayConfig::eject_after`]).
+///
+/// Also returns a handle on the balancer's statistics, taken before the balancer disappears
+/// into the boxed stack.
 fn stack<St>(
     strategy: St,
     endpoints: &Endpoints<String, HttpEndpoint>,
+    detection: &OutlierDetection,
     config: &GatewayConfig,
-) -> GatewayService
+) -> (GatewayService, Stats)
 where
     St: Route<String, Request<Bytes>> + Clone,
 {
-    BoxCloneSyncService::new(
+    let balance = BalanceLayer::new(strategy)
+        .outlier_detection(detection.clone())
+        .classify(is_backend_failure::<Incoming>)
+        .layer(endpoints.clone());
+    // A clone shares the counts and the ejections; one that is never polled pins nothing.
+    let observed = balance.clone();
+    let stats = Stats(Arc::new(move || observed.stats()));
+    let service = BoxCloneSyncService::new(
         ServiceBuilder::new()
             .timeout(config.timeout)
             .retry(RetryPolicy::new(config.retries))
-            .layer(BalanceLayer::new(strategy))
-            .service(endpoints.clone()),
+            .service(balance),
+    );
+    (service, stats)
+}
+
+/// Whether a backend's answer counts as its failure for outlier detection (errors always do):
+/// 502, 503 and 504, with which a backend says that it, or what it depends on, cannot serve now.
+///
+/// Not every 5xx, as tower-lb's [`ServerErrors`](tower_lb::health::ServerErrors) would: a 500
+/// more often comes from one request (a malformed image) than from the backend, and with ejection
+/// after one failure a client could then eject healthy backends at will.
+pub fn is_backend_failure<B>(response: &Response<B>) -> bool {
+    matches!(
+        response.status(),
+        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
     )
 }
 
+/// The balancer's per-endpoint statistics, whatever the strategy: a cheap handle on the balancer
+/// behind the router.
+#[derive(Clone)]
+pub struct Stats(Arc<dyn Fn() -> Vec<EndpointStats<String>> + Send + Sync>);
+
+impl Stats {
+    /// Every endpoint's statistics now, in set order: see [`tower_lb::Balance::stats`].
+    pub fn snapshot(&self) -> Vec<EndpointStats<String>> {
+        (self.0)()
+    }
+}
+
+impl fmt::Debug for Stats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Stats").field(&self.snapshot()).finish()
+    }
+}
+
 /// One backend as an endpoint of the set: a hyper-util client (with its own connection pool)
-/// and the backend's address. Cheap to clone: clones share the pool and the health state.
+/// and the backend's address. Cheap to clone: clones share the pool.
 #[derive(Clone)]
 pub struct HttpEndpoint {
     key: Arc<str>,
@@ -457,7 +567,6 @@ pub struct HttpEndpoint {
     key_header: HeaderValue,
     authority: Authority,
     client: Client<HttpConnector, Full<Bytes>>,
-    health: Arc<Health>,
 }
 
 impl HttpEndpoint {
@@ -472,7 +581,6 @@ impl HttpEndpoint {
                 .unwrap_or_else(|_| HeaderValue::from_static("?")),
             authority: target.authority.clone(),
             client: Client::builder(TokioExecutor::new()).build(connector),
-            health: Arc::new(Health::new()),
         }
     }
 }
@@ -492,13 +600,8 @@ impl Service<Request<Bytes>> for HttpEndpoint {
     type Future = BoxFuture<'static, Result<Response<Incoming>, BoxError>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        // The client itself is always ready (its pool queues requests); an ejected backend is
-        // not, so the balancer passes over it without a connection attempt.
-        if self.health.is_ejected() {
-            return Poll::Ready(Err(
-                BackendError::new(&self.key, Failure::Ejected, None).into()
-            ));
-        }
+        // The client is always ready: its pool queues requests. Failing backends are the
+        // balancer's to eject, from the outcomes of the requests.
         Poll::Ready(Ok(()))
     }
 
@@ -519,77 +622,19 @@ impl Service<Request<Bytes>> for HttpEndpoint {
 
         let key = Arc::clone(&self.key);
         let key_header = self.key_header.clone();
-        let health = Arc::clone(&self.health);
         Box::pin(async move {
             match sent.await {
                 Ok(mut response) => {
-                    health.succeeded();
                     let name = HeaderName::from_static(UPSTREAM_HEADER);
                     response.headers_mut().insert(name, key_header);
                     Ok(response)
                 }
                 Err(error) if error.is_connect() => {
-                    health.connect_failed();
-                    Err(BackendError::new(&key, Failure::Connect, Some(error.into())).into())
+                    Err(BackendError::new(&key, Failure::Connect, error.into()).into())
                 }
-                Err(error) => {
-                    Err(BackendError::new(&key, Failure::Exchange, Some(error.into())).into())
-                }
+                Err(error) => Err(BackendError::new(&key, Failure::Exchange, error.into()).into()),
             }
         })
-    }
-}
-
-/// First ejection after a failed connection; doubled for every further failure in a row.
-const EJECT_FIRST: Duration = Duration::from_millis(250);
-/// The longest ejection: an ejected backend is tried again at least this often.
-const EJECT_MAX: Duration = Duration::from_secs(8);
-
-/// Passive health of one backend: ejected for a growing backoff after failed connections.
-///
-/// tower-lb does not eject endpoints by itself yet; a failing `poll_ready` is its documented way
-/// to say "skip me for now", and it keeps the endpoint in the set.
-struct Health {
-    epoch: Instant,
-    /// Until when the backend is ejected, in nanoseconds since `epoch`; 0 when it is not.
-    ejected_until: AtomicU64,
-    failures: AtomicU32,
-}
-
-impl Health {
-    fn new() -> Self {
-        Self {
-            epoch: Instant::now(),
-            ejected_until: AtomicU64::new(0),
-            failures: AtomicU32::new(0),
-        }
-    }
-
-    fn now(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
-    }
-
-    fn is_ejected(&self) -> bool {
-        let until = self.ejected_until.load(Ordering::Relaxed);
-        until != 0 && self.now() < until
-    }
-
-    fn connect_failed(&self) {
-        let failures = self.failures.fetch_add(1, Ordering::Relaxed);
-        let backoff = EJECT_FIRST
-            .saturating_mul(1 << failures.min(16))
-            .min(EJECT_MAX);
-        let until = self
-            .now()
-            .saturating_add(u64::try_from(backoff.as_nanos()).unwrap_or(u64::MAX));
-        self.ejected_until.store(until, Ordering::Relaxed);
-    }
-
-    fn succeeded(&self) {
-        // Plain loads first: the common case, a healthy backend, then writes nothing shared.
-        if self.failures.load(Ordering::Relaxed) != 0 {
-            self.failures.store(0, Ordering::Relaxed);
-        }
     }
 }
 
@@ -600,8 +645,6 @@ pub enum Failure {
     Connect,
     /// The connection was made (or reused), then the exchange failed before a response head.
     Exchange,
-    /// The backend is ejected after failed connections; it was not tried.
-    Ejected,
 }
 
 /// A request to one backend failed.
@@ -609,11 +652,11 @@ pub enum Failure {
 pub struct BackendError {
     backend: Arc<str>,
     failure: Failure,
-    source: Option<BoxError>,
+    source: BoxError,
 }
 
 impl BackendError {
-    fn new(backend: &Arc<str>, failure: Failure, source: Option<BoxError>) -> Self {
+    fn new(backend: &Arc<str>, failure: Failure, source: BoxError) -> Self {
         Self {
             backend: Arc::clone(backend),
             failure,
@@ -632,14 +675,13 @@ impl fmt::Display for BackendError {
         match self.failure {
             Failure::Connect => write!(f, "could not connect to {}", self.backend),
             Failure::Exchange => write!(f, "{} failed the request", self.backend),
-            Failure::Ejected => write!(f, "{} is ejected after failed connections", self.backend),
         }
     }
 }
 
 impl Error for BackendError {
     fn source(&self) -> Option<&(dyn Error + 'static)> {
-        self.source.as_deref().map(|e| e as &(dyn Error + 'static))
+        Some(&*self.source)
     }
 }
 
@@ -703,7 +745,6 @@ impl Policy<Request<Bytes>, Response<Incoming>, BoxError> for RetryPolicy {
         let retryable = match failure {
             Failure::Connect => true,
             Failure::Exchange => is_idempotent(request.method()),
-            Failure::Ejected => false,
         };
         if retryable && self.attempts <= self.retries {
             return Some(ready(()));
@@ -737,6 +778,8 @@ pub fn status_for(error: &BoxError) -> StatusCode {
     if error.is::<Elapsed>() {
         StatusCode::GATEWAY_TIMEOUT
     } else if error.is::<NoEndpoints>()
+        // No endpoint could take the request. Not produced by this stack (the endpoints are
+        // always ready, and panic mode routes when every one is ejected), but it would mean 503.
         || error.is::<Unavailable>()
         || error.is::<NoBackendReachable>()
     {
@@ -746,7 +789,7 @@ pub fn status_for(error: &BoxError) -> StatusCode {
     } else if let Some(error) = error.downcast_ref::<BackendError>() {
         match error.failure() {
             Failure::Exchange => StatusCode::BAD_GATEWAY,
-            Failure::Connect | Failure::Ejected => StatusCode::SERVICE_UNAVAILABLE,
+            Failure::Connect => StatusCode::SERVICE_UNAVAILABLE,
         }
     } else {
         // Nothing else is produced by this stack: it would be a bug in the gateway.

@@ -1,5 +1,5 @@
 //! The built-in demo load: "images" posted to the gateway over loopback HTTP, counted by the
-//! backend that served them.
+//! backend that served them; and the table of the balancer's statistics shown after it.
 
 use std::{
     collections::BTreeMap,
@@ -17,6 +17,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use tokio::sync::mpsc;
+use tower_lb::EndpointStats;
 
 use crate::app::{Target, UPSTREAM_HEADER};
 
@@ -277,4 +278,46 @@ fn bar(share: f64) -> String {
     const EIGHTHS: [&str; 8] = ["", "▏", "▎", "▍", "▌", "▋", "▊", "▉"];
     let eighths = (share.clamp(0.0, 1.0) * (BAR_WIDTH * 8) as f64).round() as usize;
     "█".repeat(eighths / 8) + EIGHTHS[eighths % 8]
+}
+
+/// The balancer's per-endpoint statistics ([`crate::app::Stats::snapshot`]) as a table: key,
+/// weight, picks, requests in flight, failures, and how much longer the endpoint stays ejected
+/// (`-` when it is not).
+///
+/// Picks count attempts, retries included, so they can exceed the requests served. The gateway's
+/// strategies do not balance on load, so tower-lb does not count their requests in flight: that
+/// column stays 0.
+#[derive(Clone, Copy, Debug)]
+pub struct StatsTable<'a>(pub &'a [EndpointStats<String>]);
+
+impl fmt::Display for StatsTable<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let key_width = self
+            .0
+            .iter()
+            .map(|stats| stats.key.len())
+            .chain([7])
+            .max()
+            .unwrap_or(7);
+        write!(
+            f,
+            "{:<key_width$}  {:>6}  {:>8}  {:>9}  {:>8}  ejected",
+            "backend", "weight", "picks", "in flight", "failures"
+        )?;
+        for stats in self.0 {
+            let ejected = match stats.ejected_for {
+                Some(left) if left >= Duration::from_secs(1) => {
+                    format!("{:.2} s more", left.as_secs_f64())
+                }
+                Some(left) => format!("{} ms more", left.as_millis().max(1)),
+                None => "-".to_owned(),
+            };
+            write!(
+                f,
+                "\n{:<key_width$}  {:>6}  {:>8}  {:>9}  {:>8}  {ejected}",
+                stats.key, stats.weight, stats.picks, stats.in_flight, stats.failures
+            )?;
+        }
+        Ok(())
+    }
 }

@@ -7,8 +7,9 @@
 //! An HTTP load-balancing gateway, the job tower-lb is built for: image-processing requests spread
 //! over several backend instances. It starts three backends on 127.0.0.1 (or balances the servers
 //! given with `--backend`), a gateway on 127.0.0.1:8080 that forwards every request to one of
-//! them through `tower::timeout` and `tower::retry`, sends a short demo load through the gateway,
-//! prints where the requests went, and serves until Ctrl-C. `--help` lists the flags.
+//! them through `tower::timeout` and `tower::retry`, ejecting failing backends for a while, sends a
+//! short demo load through the gateway, prints where the requests went and the balancer's
+//! per-endpoint statistics, and serves until Ctrl-C. `--help` lists the flags.
 //!
 //! ```not_rust
 //! cargo run --release --example gateway -- --strategy weighted --weights 1,2,3 --exit-after-demo
@@ -30,14 +31,15 @@ use std::{
 
 use app::{GatewayConfig, KeySource, Server, StrategyKind, Target};
 use backend::{spawn_backend, Backend, BackendOptions};
-use demo::DemoConfig;
+use demo::{DemoConfig, StatsTable};
 
 const HELP: &str = "\
 gateway: an HTTP load-balancing gateway built on tower-lb, with a built-in demo load
 
 Starts backend servers on 127.0.0.1 (or balances the --backend servers), a gateway on --listen
 that forwards every request to one backend, then sends a demo load through the gateway, prints
-where the requests went, and serves until Ctrl-C.
+where the requests went and the balancer's statistics, and serves until Ctrl-C (then prints the
+statistics again).
 
 USAGE:
     cargo run --release --example gateway -- [FLAGS]
@@ -60,6 +62,10 @@ BALANCING:
     --timeout-ms MS      time limit for a response, retries included; 504 beyond (default: 2000)
     --retries N          times a request is sent again after a failed connection (any method)
                          or a failed exchange (idempotent methods only) (default: 2)
+    --eject-after N      failures in a row (errors, or 502/503/504 answers) after which a
+                         backend is ejected: skipped for 250 ms, doubling up to 8 s (default: 1).
+                         With hash and consistent, retries stay on the key's backend until it is
+                         ejected, so above 1 its requests may fail while it is down
     --listen ADDR        gateway address; port 0 picks a free port (default: 127.0.0.1:8080)
 
 DEMO:
@@ -152,6 +158,7 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Options>, Stri
                 options.gateway.timeout = Duration::from_millis(positive(&flag, &value()?)?)
             }
             "--retries" => options.gateway.retries = number(&flag, &value()?)?,
+            "--eject-after" => options.gateway.eject_after = positive(&flag, &value()?)?,
             "--listen" => {
                 let text = value()?;
                 options.listen = text.parse().map_err(|_| {
@@ -247,8 +254,11 @@ async fn run(options: Options) -> Result<ExitCode, String> {
     } else {
         options.backend_urls.clone()
     };
-    let (router, _endpoints) =
-        app::gateway(&targets, &options.gateway).map_err(|e| e.to_string())?;
+    let app::Gateway {
+        router,
+        stats,
+        endpoints: _endpoints,
+    } = app::gateway(&targets, &options.gateway).map_err(|e| e.to_string())?;
     let gateway = Server::bind(options.listen, router).await.map_err(|e| {
         format!(
             "cannot listen on {}: {e} (--listen 127.0.0.1:0 picks a free port)",
@@ -271,11 +281,13 @@ async fn run(options: Options) -> Result<ExitCode, String> {
         String::new()
     };
     println!(
-        "gateway listening on http://{} (strategy {}{weights}{key}, timeout {} ms, {} retries)",
+        "gateway listening on http://{} (strategy {}{weights}{key}, timeout {} ms, {} retries, ejection after {} failure{})",
         gateway.addr(),
         config.strategy,
         config.timeout.as_millis(),
         config.retries,
+        config.eject_after,
+        if config.eject_after == 1 { "" } else { "s" },
     );
 
     let mut code = ExitCode::SUCCESS;
@@ -290,6 +302,7 @@ async fn run(options: Options) -> Result<ExitCode, String> {
         let report = demo::demo(gateway.addr(), &targets, demo, progress(demo.requests)).await;
         eprintln!();
         println!("{report}");
+        println!("\nbalancer statistics:\n{}", StatsTable(&stats.snapshot()));
         if options.exit_after_demo && report.failed() > 0 {
             code = ExitCode::FAILURE;
         }
@@ -304,7 +317,10 @@ async fn run(options: Options) -> Result<ExitCode, String> {
         tokio::signal::ctrl_c()
             .await
             .map_err(|e| format!("cannot wait for Ctrl-C: {e}"))?;
-        println!("\nshutting down");
+        println!(
+            "\nshutting down; balancer statistics:\n{}",
+            StatsTable(&stats.snapshot())
+        );
     }
     // The gateway first, so that nothing is forwarded to backends that are going away.
     gateway.stop().await.map_err(|e| format!("gateway: {e}"))?;

@@ -21,7 +21,7 @@ use std::{
         atomic::{AtomicUsize, Ordering},
         Arc,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use app::{ConfigError, GatewayConfig, KeySource, Server, StrategyKind, Target};
@@ -34,7 +34,7 @@ use hyper_util::{
     rt::TokioExecutor,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tower_lb::{key, strategy::ConsistentHash, Balance};
+use tower_lb::{key, strategy::ConsistentHash, Balance, EndpointStats};
 
 /// Every test finishes well within this, or fails instead of hanging.
 const TEST_LIMIT: Duration = Duration::from_secs(30);
@@ -50,6 +50,7 @@ struct Fixture {
     backends: Vec<Backend>,
     gateway: Server,
     endpoints: tower_lb::Endpoints<String, app::HttpEndpoint>,
+    stats: app::Stats,
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
@@ -63,7 +64,11 @@ async fn start_with(n: usize, options: BackendOptions, config: GatewayConfig) ->
         backends.push(backend);
     }
     let targets: Vec<Target> = backends.iter().map(Backend::target).collect();
-    let (router, endpoints) = app::gateway(&targets, &config).expect("a valid configuration");
+    let app::Gateway {
+        router,
+        endpoints,
+        stats,
+    } = app::gateway(&targets, &config).expect("a valid configuration");
     let gateway = Server::bind(SocketAddr::from(([127, 0, 0, 1], 0)), router)
         .await
         .expect("the gateway starts");
@@ -71,6 +76,7 @@ async fn start_with(n: usize, options: BackendOptions, config: GatewayConfig) ->
         backends,
         gateway,
         endpoints,
+        stats,
         client: Client::builder(TokioExecutor::new()).build_http(),
     }
 }
@@ -130,6 +136,20 @@ impl Fixture {
         self.send(Method::GET, path, &[]).await
     }
 
+    /// The balancer's statistics of the endpoint keyed `key`.
+    fn stats_of(&self, key: &str) -> EndpointStats<String> {
+        self.stats
+            .snapshot()
+            .into_iter()
+            .find(|stats| stats.key == key)
+            .unwrap_or_else(|| panic!("no endpoint {key}"))
+    }
+
+    /// Picks of every endpoint, summed.
+    fn total_picks(&self) -> u64 {
+        self.stats.snapshot().iter().map(|stats| stats.picks).sum()
+    }
+
     /// Sends `count` requests one after the other and counts the answers by backend.
     async fn count(&self, count: usize, path: &str) -> HashMap<String, usize> {
         let mut counts = HashMap::new();
@@ -140,6 +160,20 @@ impl Fixture {
             *counts.entry(answer.handled_by().to_owned()).or_default() += 1;
         }
         counts
+    }
+}
+
+/// Checks that an endpoint whose first failure came after `sent` is still ejected, for the first
+/// ejection time less at most the time since. On a machine so loaded that the ejection may have
+/// run out already, there is nothing to check: the callers also check the endpoint's picks, which
+/// tell that it was ejected.
+fn assert_ejected_since(stats: &EndpointStats<String>, sent: Instant) {
+    let elapsed = sent.elapsed();
+    if elapsed < app::EJECT_FIRST {
+        let left = stats.ejected_for.expect("ejected after its first failure");
+        // A millisecond of slack for the two clocks' rounding.
+        let least = (app::EJECT_FIRST - elapsed).saturating_sub(Duration::from_millis(1));
+        assert!(least <= left && left <= app::EJECT_FIRST, "{stats:?}");
     }
 }
 
@@ -261,14 +295,43 @@ async fn a_stopped_backend_is_failed_over_and_every_request_succeeds() {
         let stopped = fixture.backends.remove(1);
         assert_eq!(stopped.name(), "backend-2");
         stopped.stop().await.unwrap();
+        let before = fixture.stats_of("backend-2");
+        assert_eq!((before.picks, before.failures), (1, 0));
+        assert_eq!(fixture.total_picks(), 3);
 
-        let seen = fixture.count(30, "/resize").await;
+        let mut seen = HashMap::<String, usize>::new();
+        let mut first_failure_seen = false;
+        for _ in 0..30 {
+            let sent = Instant::now();
+            for (backend, n) in fixture.count(1, "/resize").await {
+                *seen.entry(backend).or_default() += n;
+            }
+            let stopped = fixture.stats_of("backend-2");
+            if !first_failure_seen && stopped.failures > 0 {
+                first_failure_seen = true;
+                assert_ejected_since(&stopped, sent);
+            }
+        }
+        assert!(first_failure_seen, "backend-2 was never tried");
         assert_eq!(seen.values().sum::<usize>(), 30);
         assert_eq!(seen.get("backend-2"), None, "{seen:?}");
         assert!(
             seen["backend-1"] >= 10 && seen["backend-3"] >= 10,
             "{seen:?}"
         );
+
+        // Every attempt on backend-2 failed and was retried on another backend. Ejected, it was
+        // tried once, then once more per ejection that ran out: without ejection, round robin
+        // would have tried it with a third of the attempts, at least 15 times.
+        let after = fixture.stats_of("backend-2");
+        let failures = after.failures;
+        assert_eq!(after.picks - before.picks, failures, "{after:?}");
+        assert!((1..10).contains(&failures), "{after:?}");
+        assert_eq!(fixture.total_picks(), 3 + 30 + failures);
+        for backend in ["backend-1", "backend-3"] {
+            let stats = fixture.stats_of(backend);
+            assert_eq!((stats.failures, stats.ejected_for), (0, None), "{stats:?}");
+        }
     })
     .await;
 }
@@ -281,9 +344,13 @@ async fn no_backend_left_is_answered_503() {
         for backend in fixture.backends.drain(..) {
             backend.stop().await.unwrap();
         }
-        // The first request finds every connection refused; the backends are then ejected and
-        // the next ones fail fast.
-        for method in [Method::POST, Method::GET, Method::POST] {
+        // The first request finds every connection refused, one per attempt, and each backend
+        // is ejected in turn. With all of them ejected, panic mode routes over them anyway: the
+        // connections are refused again.
+        for (i, method) in [Method::POST, Method::GET, Method::POST]
+            .into_iter()
+            .enumerate()
+        {
             let answer = fixture.send(method, "/resize", &[]).await;
             assert_eq!(
                 answer.status,
@@ -291,7 +358,18 @@ async fn no_backend_left_is_answered_503() {
                 "{}",
                 answer.body
             );
+            assert!(
+                answer.body.contains("no backend could be reached"),
+                "{}",
+                answer.body
+            );
+            if i == 0 {
+                for stats in fixture.stats.snapshot() {
+                    assert_eq!(stats.failures, 1, "{stats:?}");
+                }
+            }
         }
+        assert_eq!(fixture.total_picks(), 3 + 3 * 3);
         // And when the set is empty.
         for key in ["backend-1", "backend-2", "backend-3"] {
             assert!(fixture.endpoints.remove(key));
@@ -332,9 +410,9 @@ async fn a_backend_that_drops_the_request_is_answered_502_and_only_idempotent_re
                 }
             }
         });
-        let (router, _endpoints) =
+        let built =
             app::gateway(&[Target::new("broken", addr)], &GatewayConfig::default()).unwrap();
-        let gateway = Server::bind(SocketAddr::from(([127, 0, 0, 1], 0)), router)
+        let gateway = Server::bind(SocketAddr::from(([127, 0, 0, 1], 0)), built.router)
             .await
             .unwrap();
         let client: Client<HttpConnector, Full<Bytes>> =
@@ -352,10 +430,77 @@ async fn a_backend_that_drops_the_request_is_answered_502_and_only_idempotent_re
         let response = send(Method::POST).await.unwrap();
         assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
         assert_eq!(accepted.swap(0, Ordering::SeqCst), 1);
-        // GET is idempotent: sent again, twice (the default retries), then 502.
+        // GET is idempotent: sent again, twice (the default retries), then 502. The backend is
+        // ejected after the first failure, but as the only one: panic mode still routes to it.
         let response = send(Method::GET).await.unwrap();
         assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
+        let stats = &built.stats.snapshot()[0];
+        assert_eq!((stats.picks, stats.failures), (4, 4), "{stats:?}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_backend_answering_503_is_ejected_and_one_answering_500_is_not() {
+    bounded(async {
+        let healthy = spawn_backend("healthy", BackendOptions::default())
+            .await
+            .unwrap();
+        let mut servers = Vec::new();
+        let mut targets = vec![healthy.target()];
+        for (name, status) in [
+            ("overloaded", StatusCode::SERVICE_UNAVAILABLE),
+            ("buggy", StatusCode::INTERNAL_SERVER_ERROR),
+        ] {
+            let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+                .await
+                .unwrap();
+            let router = axum::Router::new().fallback(move || async move { status });
+            let server = Server::start(listener, router).unwrap();
+            targets.push(Target::new(name, server.addr()));
+            servers.push(server);
+        }
+        let built = app::gateway(&targets, &config(StrategyKind::RoundRobin)).unwrap();
+        let fixture = Fixture {
+            backends: vec![healthy],
+            gateway: Server::bind(SocketAddr::from(([127, 0, 0, 1], 0)), built.router)
+                .await
+                .unwrap(),
+            endpoints: built.endpoints,
+            stats: built.stats,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        };
+
+        let mut first_failure_seen = false;
+        for _ in 0..30 {
+            let sent = Instant::now();
+            let answer = fixture.get("/resize").await;
+            // 5xx answers are passed on as they are, not retried.
+            let expected = match answer.upstream.as_deref() {
+                Some("healthy") => StatusCode::OK,
+                Some("overloaded") => StatusCode::SERVICE_UNAVAILABLE,
+                Some("buggy") => StatusCode::INTERNAL_SERVER_ERROR,
+                other => panic!("answered by {other:?}: {}", answer.body),
+            };
+            assert_eq!(answer.status, expected);
+            let overloaded = fixture.stats_of("overloaded");
+            if !first_failure_seen && overloaded.failures > 0 {
+                first_failure_seen = true;
+                assert_ejected_since(&overloaded, sent);
+            }
+        }
+        assert!(first_failure_seen, "overloaded was never tried");
+        // 503 is a failure: ejected, overloaded got one request, then one per ejection that ran
+        // out, while round robin would give it 10 of 30.
+        let overloaded = fixture.stats_of("overloaded");
+        assert_eq!(overloaded.picks, overloaded.failures, "{overloaded:?}");
+        assert!((1..10).contains(&overloaded.failures), "{overloaded:?}");
+        // 500 is not: buggy stays in the rotation, with half the requests.
+        let buggy = fixture.stats_of("buggy");
+        assert_eq!((buggy.failures, buggy.ejected_for), (0, None), "{buggy:?}");
+        assert!(buggy.picks >= 10, "{buggy:?}");
+        assert_eq!(fixture.total_picks(), 30);
     })
     .await;
 }
@@ -372,7 +517,7 @@ async fn a_backend_slower_than_the_timeout_is_answered_504() {
             ..config(StrategyKind::RoundRobin)
         };
         let fixture = start_with(1, slow, config).await;
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let answer = fixture.get("/resize").await;
         assert_eq!(
             answer.status,
@@ -539,6 +684,30 @@ async fn demo_report_counts_every_request_by_backend() {
         assert!(table.contains("backend-1"), "{table}");
         assert!(table.contains("33.3%"), "{table}");
         assert!(table.contains('█'), "{table}");
+
+        // The balancer saw the same: one pick per request, nothing left in flight, no failure.
+        let stats = fixture.stats.snapshot();
+        assert_eq!(stats.iter().map(|s| s.picks).sum::<u64>(), 60, "{stats:?}");
+        assert_eq!(
+            stats.iter().map(|s| s.in_flight).sum::<usize>(),
+            0,
+            "{stats:?}"
+        );
+        for (stats, row) in stats.iter().zip(&report.rows) {
+            assert_eq!(stats.key, row.backend);
+            assert_eq!(stats.picks, row.requests as u64, "{stats:?}");
+            assert_eq!(stats.weight, 1);
+            assert_eq!((stats.failures, stats.ejected_for), (0, None), "{stats:?}");
+        }
+        let table = demo::StatsTable(&stats).to_string();
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 4, "{table}");
+        assert!(
+            lines[0].contains("picks") && lines[0].contains("ejected"),
+            "{table}"
+        );
+        let row: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!(row, ["backend-1", "1", "20", "0", "0", "-"], "{table}");
     })
     .await;
 }
@@ -573,6 +742,14 @@ fn bad_configuration_is_an_error_not_a_panic() {
     assert!(matches!(
         error(&[], &GatewayConfig::default()),
         ConfigError::NoBackends
+    ));
+    let never_eject = GatewayConfig {
+        eject_after: 0,
+        ..GatewayConfig::default()
+    };
+    assert!(matches!(
+        error(&two, &never_eject),
+        ConfigError::OutlierDetection(_)
     ));
     assert!(matches!(
         error(
