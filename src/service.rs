@@ -434,18 +434,7 @@ where
             if self.pending_version == members.version {
                 match poll_pending(&mut self.pending, cx) {
                     Some(Poll::Ready((index, service))) => {
-                        let in_flight = self
-                            .shared
-                            .strategy
-                            .track(&members.list[index], &members.in_flight);
-                        let outcome = self.shared.health.as_ref().map(|health| {
-                            Outcome::new(Arc::clone(health), snapshot.to_arc(), index)
-                        });
-                        members.list[index]
-                            .state
-                            .picks
-                            .fetch_add(1, Ordering::Relaxed);
-                        self.reserved = Reserved::Endpoint(service, in_flight, outcome);
+                        self.reserved = reserve(&self.shared, &snapshot, index, service);
                         return Poll::Ready(Ok(()));
                     }
                     Some(Poll::Pending) => return Poll::Pending,
@@ -465,19 +454,41 @@ where
         let max_tries = self.shared.max_tries;
         let mut tried = 0;
         let mut error = None;
-        // Eligible endpoints first; if every endpoint is ejected, panic mode decides whether to
-        // route over all of them anyway or to fail.
+        let mut eligible_seen = false;
+        // The common case first: the strategy's choice is eligible and ready.
+        let mut start = 0;
+        let member = &members.list[first];
+        if health.is_none_or(|health| !health.is_ejected(&member.state)) {
+            let mut service = member.service.clone();
+            match service.poll_ready(cx) {
+                Poll::Ready(Ok(())) => {
+                    self.pending.clear();
+                    self.reserved = reserve(&self.shared, &snapshot, first, service);
+                    return Poll::Ready(Ok(()));
+                }
+                Poll::Pending => self.pending.push((first, service)),
+                Poll::Ready(Err(e)) => {
+                    if let Some(health) = health {
+                        health.record(&member.state, true, members.states());
+                    }
+                    error = Some(e.into());
+                }
+            }
+            tried = 1;
+            start = 1;
+            eligible_seen = true;
+        }
+        // Then the endpoints after it in set order: eligible ones first; if every endpoint is
+        // ejected, panic mode decides whether to route over all of them anyway or to fail.
         let passes: &[bool] = match health {
             Some(health) if health.panics() => &[true, false],
-            Some(_) => &[true],
-            None => &[false],
+            _ => &[true],
         };
-        let mut eligible_seen = false;
         for &skip_ejected in passes {
             if !skip_ejected && eligible_seen {
                 break;
             }
-            for step in 0..len {
+            for step in start..len {
                 if tried == max_tries {
                     break;
                 }
@@ -499,12 +510,7 @@ where
                 match service.poll_ready(cx) {
                     Poll::Ready(Ok(())) => {
                         self.pending.clear();
-                        let in_flight = self.shared.strategy.track(member, &members.in_flight);
-                        let outcome = self.shared.health.as_ref().map(|health| {
-                            Outcome::new(Arc::clone(health), snapshot.to_arc(), index)
-                        });
-                        member.state.picks.fetch_add(1, Ordering::Relaxed);
-                        self.reserved = Reserved::Endpoint(service, in_flight, outcome);
+                        self.reserved = reserve(&self.shared, &snapshot, index, service);
                         return Poll::Ready(Ok(()));
                     }
                     Poll::Pending => self.pending.push((index, service)),
@@ -516,6 +522,7 @@ where
                     }
                 }
             }
+            start = 0;
         }
         if !self.pending.is_empty() {
             self.pending_version = members.version;
@@ -736,6 +743,30 @@ where
             .field("endpoints", &self.len())
             .finish()
     }
+}
+
+/// The reservation of a ready keyless candidate: counted in flight if the strategy balances on
+/// load, with what outlier detection needs, and one more pick in its statistics.
+#[inline]
+fn reserve<St, K, S>(
+    shared: &Shared<St, K, S>,
+    snapshot: &Current<'_, St::Table, K, S>,
+    index: usize,
+    service: S,
+) -> Reserved<S>
+where
+    St: Strategy<K>,
+    K: Send + Sync + 'static,
+    S: Send + Sync + 'static,
+{
+    let member = &snapshot.members.list[index];
+    let in_flight = shared.strategy.track(member, &snapshot.members.in_flight);
+    let outcome = shared
+        .health
+        .as_ref()
+        .map(|health| Outcome::new(Arc::clone(health), snapshot.to_arc(), index));
+    member.state.picks.fetch_add(1, Ordering::Relaxed);
+    Reserved::Endpoint(service, in_flight, outcome)
 }
 
 /// Polls the kept candidates: `Some(Ready(candidate))` for the first that is ready, `Some(Pending)`
