@@ -129,6 +129,20 @@ impl Health {
         (elapsed / window.as_nanos() as f64).clamp(0.05, 1.0)
     }
 
+    /// Slow start for the strategies that pick without looking at load: whether `member`, the
+    /// strategy's choice, takes this request. During its window an endpoint takes each of its
+    /// turns with a probability equal to its slow-start factor; a turn it passes goes to the
+    /// endpoints after it, as if it were not ready.
+    #[inline]
+    pub(crate) fn admits<K, S>(&self, member: &crate::endpoints::Member<K, S>) -> bool {
+        if self.config.slow_start.is_none() {
+            return true;
+        }
+        let factor = self.slow_start_factor(&member.state);
+        let draw = (crate::strategy::Rng::per_thread().next() >> 11) as f64 / (1u64 << 53) as f64;
+        factor >= 1.0 || draw < factor
+    }
+
     /// Marks an endpoint as joining now, for slow start.
     pub(crate) fn joined(&self, endpoint: &EndpointState) {
         if self.config.slow_start.is_some() {

@@ -18,7 +18,10 @@
 //! [`Unavailable`](crate::error::Unavailable) instead.
 //!
 //! With [`OutlierDetection::slow_start`], an endpoint returning from ejection (or newly inserted)
-//! gets its weight ramped up linearly over a window, for the strategies that balance on load.
+//! gets its share ramped up linearly over a window: the load-aware strategies
+//! ([`PowerOfTwoChoices`](crate::strategy::PowerOfTwoChoices)) scale its weight, the other keyless
+//! strategies let it take each of its turns with the same probability (a turn it passes goes to
+//! the endpoints after it). Keyed strategies do not ramp: a key's endpoint is its endpoint.
 //!
 //! The counts, the ejection state and the per-endpoint statistics live beside the endpoint set:
 //! every clone of a balancer, and every balancer over the same set, sees and feeds the same ones.
@@ -201,9 +204,8 @@ impl OutlierDetection {
         self
     }
 
-    /// Ramps an endpoint's weight up linearly over `window` after it returns from ejection or
-    /// joins the set, for the strategies that balance on load
-    /// ([`PowerOfTwoChoices`](crate::strategy::PowerOfTwoChoices)).
+    /// Ramps an endpoint's share up linearly over `window` (from 5%) after it returns from
+    /// ejection or joins the set, for the keyless strategies; see the [module docs](self).
     ///
     /// # Errors
     ///

@@ -458,7 +458,12 @@ where
         // The common case first: the strategy's choice is eligible and ready.
         let mut start = 0;
         let member = &members.list[first];
-        if health.is_none_or(|health| !health.is_ejected(&member.state)) {
+        let ejected = health.is_some_and(|health| health.is_ejected(&member.state));
+        if !ejected && health.is_some_and(|health| !health.admits(member)) {
+            // In slow start, and passing this turn: the endpoints after it take it.
+            start = 1;
+            eligible_seen = true;
+        } else if !ejected {
             let mut service = member.service.clone();
             match service.poll_ready(cx) {
                 Poll::Ready(Ok(())) => {

@@ -371,3 +371,32 @@ async fn wait_until(mut condition: impl FnMut() -> bool) {
     }
     panic!("condition not reached");
 }
+
+#[tokio::test(start_paused = true)]
+async fn slow_start_ramps_a_new_endpoint_under_round_robin() {
+    let [a, b, c] = mocks(["a", "b", "c"]);
+    let set = set_of(&[a.clone(), b.clone()]);
+    let svc = BalanceLayer::new(RoundRobin::new())
+        .outlier_detection(detection().slow_start(Duration::from_secs(10)).unwrap())
+        .layer(set.clone());
+    send(&svc, 10).await;
+    set.insert("c", c.clone());
+
+    // Right after joining, c takes each of its turns with a 5% chance: of 3,000 requests, its
+    // full share would be 1,000.
+    send(&svc, 3000).await;
+    assert!(c.calls() < 150, "c got {} right after joining", c.calls());
+
+    // Half-way through the window, about half of its turns.
+    advance(Duration::from_secs(5)).await;
+    let before = c.calls();
+    send(&svc, 3000).await;
+    let half = c.calls() - before;
+    assert!((350..650).contains(&half), "c got {half} half-way");
+
+    // Once the window has passed, exactly its share.
+    advance(Duration::from_secs(6)).await;
+    let before = c.calls();
+    send(&svc, 3000).await;
+    assert_eq!(c.calls() - before, 1000);
+}
