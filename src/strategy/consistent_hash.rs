@@ -1,11 +1,11 @@
-use std::{borrow::Cow, fmt};
+use std::fmt;
 
 use super::{
     ring::{self, Ring},
     sealed::Sealed,
-    Route, Strategy, Walk,
+    Strategy, Walk,
 };
-use crate::{endpoints::Member, error::InvalidConfig, key::RequestKey, EndpointKey};
+use crate::{endpoints::Member, error::InvalidConfig, EndpointKey};
 
 /// Ring points per unit of weight unless configured: ketama's and nginx's choice.
 const DEFAULT_POINTS_PER_WEIGHT: u32 = 160;
@@ -86,7 +86,7 @@ impl<E> ConsistentHash<E> {
     /// ring of 160 points per unit of weight, without a load bound.
     ///
     /// A request without a key fails with [`MissingKey`](crate::error::MissingKey) unless the
-    /// extractor has a default ([`RequestKey::or`]).
+    /// extractor has a default ([`RequestKey::or`](crate::key::RequestKey::or)).
     pub fn new(key: E) -> Self {
         Self {
             key,
@@ -176,7 +176,7 @@ where
     const KEYED: bool = true;
 
     fn build<S>(&self, members: &[Member<K, S>]) -> RingTable {
-        let keys: Vec<Cow<'_, [u8]>> = members.iter().map(|m| m.key.key_bytes()).collect();
+        let keys = super::key_bytes(members);
         RingTable(Ring::new(
             keys.iter()
                 .zip(members)
@@ -195,13 +195,4 @@ where
     }
 }
 
-impl<K, E, Req> Route<K, Req> for ConsistentHash<E>
-where
-    K: EndpointKey,
-    E: RequestKey<Req> + Send + Sync + 'static,
-{
-    #[inline]
-    fn request_key<'a>(&'a self, request: &'a Req) -> Option<Cow<'a, [u8]>> {
-        self.key.key(request)
-    }
-}
+super::keyed_route!(ConsistentHash);

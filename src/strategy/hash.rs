@@ -1,7 +1,7 @@
-use std::{borrow::Cow, fmt};
+use std::fmt;
 
-use super::{sealed::Sealed, Route, Strategy, Walk};
-use crate::{endpoints::Member, key::RequestKey, EndpointKey};
+use super::{sealed::Sealed, Strategy, Walk};
+use crate::{endpoints::Member, EndpointKey};
 
 /// Routes each request by the crc32 (IEEE) of its key, modulo the number of endpoints: the same
 /// key always reaches the same endpoint while the membership stays the same.
@@ -66,7 +66,7 @@ impl<E> Hash<E> {
     /// Routes requests by the key that `key` extracts from them (see [`key`](crate::key)).
     ///
     /// A request without a key fails with [`MissingKey`](crate::error::MissingKey) unless the
-    /// extractor has a default ([`RequestKey::or`]).
+    /// extractor has a default ([`RequestKey::or`](crate::key::RequestKey::or)).
     pub fn new(key: E) -> Self {
         Self { key }
     }
@@ -121,7 +121,7 @@ where
     const KEYED: bool = true;
 
     fn build<S>(&self, members: &[Member<K, S>]) -> HashTable {
-        let keys: Vec<Cow<'_, [u8]>> = members.iter().map(|m| m.key.key_bytes()).collect();
+        let keys = super::key_bytes(members);
         let mut order: Vec<u32> = (0..members.len() as u32).collect();
         order.sort_by(|&a, &b| keys[a as usize].cmp(&keys[b as usize]).then(a.cmp(&b)));
         let total = members.iter().map(|m| u64::from(m.weight)).sum();
@@ -150,13 +150,4 @@ where
     }
 }
 
-impl<K, E, Req> Route<K, Req> for Hash<E>
-where
-    K: EndpointKey,
-    E: RequestKey<Req> + Send + Sync + 'static,
-{
-    #[inline]
-    fn request_key<'a>(&'a self, request: &'a Req) -> Option<Cow<'a, [u8]>> {
-        self.key.key(request)
-    }
-}
+super::keyed_route!(Hash);

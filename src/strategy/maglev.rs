@@ -1,11 +1,11 @@
-use std::{borrow::Cow, fmt};
+use std::fmt;
 
 use super::{
     ring::{fmix64, fnv1a64, key_hash},
     sealed::Sealed,
-    Route, Strategy, Walk,
+    Strategy, Walk,
 };
-use crate::{endpoints::Member, error::InvalidConfig, key::RequestKey, EndpointKey};
+use crate::{endpoints::Member, error::InvalidConfig, EndpointKey};
 
 /// The lookup table size unless configured: the prime the Maglev paper uses for small clusters.
 const DEFAULT_TABLE_SIZE: usize = 65_537;
@@ -68,7 +68,7 @@ impl<E> Maglev<E> {
     /// table of 65,537 entries.
     ///
     /// A request without a key fails with [`MissingKey`](crate::error::MissingKey) unless the
-    /// extractor has a default ([`RequestKey::or`]).
+    /// extractor has a default ([`RequestKey::or`](crate::key::RequestKey::or)).
     pub fn new(key: E) -> Self {
         Self {
             key,
@@ -234,7 +234,7 @@ where
     const KEYED: bool = true;
 
     fn build<S>(&self, members: &[Member<K, S>]) -> MaglevTable {
-        let keys: Vec<Cow<'_, [u8]>> = members.iter().map(|m| m.key.key_bytes()).collect();
+        let keys = super::key_bytes(members);
         let endpoints: Vec<(&[u8], u32)> = keys
             .iter()
             .zip(members)
@@ -249,16 +249,7 @@ where
     }
 }
 
-impl<K, E, Req> Route<K, Req> for Maglev<E>
-where
-    K: EndpointKey,
-    E: RequestKey<Req> + Send + Sync + 'static,
-{
-    #[inline]
-    fn request_key<'a>(&'a self, request: &'a Req) -> Option<Cow<'a, [u8]>> {
-        self.key.key(request)
-    }
-}
+super::keyed_route!(Maglev);
 
 #[cfg(test)]
 mod tests {

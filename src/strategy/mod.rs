@@ -186,6 +186,30 @@ macro_rules! keyless_route {
 }
 pub(crate) use keyless_route;
 
+/// Implements [`Route`] for a keyed strategy whose `key` field is its [`RequestKey`] extractor.
+///
+/// [`RequestKey`]: crate::key::RequestKey
+macro_rules! keyed_route {
+    ($strategy:ident) => {
+        impl<K, E, Req> $crate::strategy::Route<K, Req> for $strategy<E>
+        where
+            K: $crate::EndpointKey,
+            E: $crate::key::RequestKey<Req> + Send + Sync + 'static,
+        {
+            #[inline]
+            fn request_key<'a>(&'a self, request: &'a Req) -> Option<std::borrow::Cow<'a, [u8]>> {
+                self.key.key(request)
+            }
+        }
+    };
+}
+pub(crate) use keyed_route;
+
+/// The key bytes of every member, in set order, for the tables built from them.
+pub(crate) fn key_bytes<K: crate::EndpointKey, S>(members: &[Member<K, S>]) -> Vec<Cow<'_, [u8]>> {
+    members.iter().map(|m| m.key.key_bytes()).collect()
+}
+
 mod sealed {
     pub trait Sealed {}
 }
