@@ -26,8 +26,8 @@
 //! - **Passive health**: outlier ejection with a doubling backoff, a cap on the ejected share,
 //!   panic mode and slow start ([`health`]); per-endpoint [`Balance::stats`].
 //! - **Cheap per request**: picking reads a lock-free snapshot and bumps an atomic cursor; no
-//!   mutex and no heap allocation on the request path (when the chosen endpoint is ready). Cloning a `Balance` (as axum does for every
-//!   request) costs one `Arc` clone.
+//!   mutex and no heap allocation on the request path (when the chosen endpoint is ready).
+//!   Cloning a `Balance` (as axum does for every request) costs one `Arc` clone.
 //! - **Typed failures**: an empty set or a set where nothing is ready fails the request at once
 //!   with an [`error`] you can downcast, never a hang or a panic.
 //!
