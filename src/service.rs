@@ -411,6 +411,8 @@ where
     type Error = BoxError;
     type Future = ResponseFuture<S, Req, C>;
 
+    // Inlined: for an always-ready endpoint the whole request then folds into the caller.
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         if !matches!(self.reserved, Reserved::None) {
             return Poll::Ready(Ok(()));
@@ -544,6 +546,7 @@ where
         Poll::Ready(Ok(()))
     }
 
+    #[inline]
     fn call(&mut self, request: Req) -> Self::Future {
         let reserved = std::mem::replace(&mut self.reserved, Reserved::None);
         // From the next request on, this balancer is reused: cache the snapshot.
