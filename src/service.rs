@@ -457,36 +457,9 @@ where
         let mut tried = 0;
         let mut error = None;
         let mut eligible_seen = false;
-        // The common case first: the strategy's choice is eligible and ready.
-        let mut start = 0;
-        let member = &members.list[first];
-        let ejected = health.is_some_and(|health| health.is_ejected(&member.state));
-        if !ejected && health.is_some_and(|health| !health.admits(member)) {
-            // In slow start, and passing this turn: the endpoints after it take it.
-            start = 1;
-            eligible_seen = true;
-        } else if !ejected {
-            let mut service = member.service.clone();
-            match service.poll_ready(cx) {
-                Poll::Ready(Ok(())) => {
-                    self.pending.clear();
-                    self.reserved = reserve(&self.shared, &snapshot, first, service);
-                    return Poll::Ready(Ok(()));
-                }
-                Poll::Pending => self.pending.push((first, service)),
-                Poll::Ready(Err(e)) => {
-                    if let Some(health) = health {
-                        health.record(&member.state, true, members.states());
-                    }
-                    error = Some(e.into());
-                }
-            }
-            tried = 1;
-            start = 1;
-            eligible_seen = true;
-        }
-        // Then the endpoints after it in set order: eligible ones first; if every endpoint is
-        // ejected, panic mode decides whether to route over all of them anyway or to fail.
+        // The strategy's choice, then the endpoints after it in set order: eligible ones first;
+        // if every endpoint is ejected, panic mode decides whether to route over all of them
+        // anyway or to fail.
         let passes: &[bool] = match health {
             Some(health) if health.panics() => &[true, false],
             _ => &[true],
@@ -495,7 +468,7 @@ where
             if !skip_ejected && eligible_seen {
                 break;
             }
-            for step in start..len {
+            for step in 0..len {
                 if tried == max_tries {
                     break;
                 }
@@ -507,6 +480,12 @@ where
                 if skip_ejected {
                     if let Some(health) = health {
                         if health.is_ejected(&member.state) {
+                            continue;
+                        }
+                        eligible_seen = true;
+                        // In slow start, the strategy's choice may pass its turn to the
+                        // endpoints after it.
+                        if step == 0 && !health.admits(member) {
                             continue;
                         }
                     }
@@ -529,7 +508,6 @@ where
                     }
                 }
             }
-            start = 0;
         }
         if !self.pending.is_empty() {
             self.pending_version = members.version;
