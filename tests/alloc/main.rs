@@ -99,20 +99,8 @@ where
     S: Service<Request<()>, Response = u64> + Clone,
     S::Error: std::fmt::Debug,
 {
-    let waker = futures_util::task::noop_waker();
-    let mut cx = Context::from_waker(&waker);
-    for request in requests {
-        let mut clone;
-        let svc = if clone_per_request {
-            clone = svc.clone();
-            &mut clone
-        } else {
-            &mut *svc
-        };
-        assert!(matches!(svc.poll_ready(&mut cx), Poll::Ready(Ok(()))));
-        let fut = pin!(svc.call(request));
-        assert!(matches!(fut.poll(&mut cx), Poll::Ready(Ok(1))));
-    }
+    // The endpoint answers with the number of headers: one, the key.
+    send_all(svc, requests.into_iter().map(|r| (r, 1)), clone_per_request);
 }
 
 fn keyed_requests(count: usize) -> Vec<Request<()>> {
@@ -173,9 +161,19 @@ where
     S: Service<u64, Response = u64> + Clone,
     S::Error: std::fmt::Debug,
 {
+    send_all(svc, (0..requests).map(|i| (i, i)), clone_per_request);
+}
+
+/// Sends each request through `svc` (a fresh clone per request when asked) and checks the answer
+/// against the one expected with it.
+fn send_all<S, R>(svc: &mut S, requests: impl Iterator<Item = (R, u64)>, clone_per_request: bool)
+where
+    S: Service<R, Response = u64> + Clone,
+    S::Error: std::fmt::Debug,
+{
     let waker = futures_util::task::noop_waker();
     let mut cx = Context::from_waker(&waker);
-    for i in 0..requests {
+    for (request, expected) in requests {
         let mut clone;
         let svc = if clone_per_request {
             clone = svc.clone();
@@ -184,9 +182,9 @@ where
             &mut *svc
         };
         assert!(matches!(svc.poll_ready(&mut cx), Poll::Ready(Ok(()))));
-        let fut = pin!(svc.call(i));
+        let fut = pin!(svc.call(request));
         match fut.poll(&mut cx) {
-            Poll::Ready(Ok(answer)) => assert_eq!(answer, i),
+            Poll::Ready(Ok(answer)) => assert_eq!(answer, expected),
             other => panic!("unexpected {other:?}"),
         }
     }
