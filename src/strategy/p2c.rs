@@ -66,7 +66,7 @@ use crate::{
 pub struct PowerOfTwoChoices {
     rng: Rng,
     seed: Option<u64>,
-    /// With latency: the estimate of an endpoint not yet measured, and the decay period, in ns.
+    /// With latency: the estimate of an endpoint not yet measured, in ns, and the decay rate, per ns.
     peak_ewma: Option<(f64, f64)>,
 }
 
@@ -112,7 +112,10 @@ impl PowerOfTwoChoices {
         if decay.is_zero() {
             return Err(InvalidConfig::new("decay", "more than zero", "0s"));
         }
-        self.peak_ewma = Some((default_rtt.as_nanos() as f64, decay.as_nanos() as f64));
+        // Calibrate the clock now rather than in the first request.
+        load::clock();
+        // The decay as a rate, so that the request path multiplies instead of dividing.
+        self.peak_ewma = Some((default_rtt.as_nanos() as f64, 1.0 / decay.as_nanos() as f64));
         Ok(self)
     }
 
@@ -132,19 +135,19 @@ impl PowerOfTwoChoices {
                 let load_y = y.state.requests() as f64;
                 load_x * f64::from(y.weight) * fy <= load_y * f64::from(x.weight) * fx
             }
-            Some((default_ns, decay_ns)) => {
+            Some((default_ns, rate)) => {
                 let now = load::recent();
-                Self::cost(x, now, default_ns, decay_ns) * f64::from(y.weight) * fy
-                    <= Self::cost(y, now, default_ns, decay_ns) * f64::from(x.weight) * fx
+                Self::cost(x, now, default_ns, rate) * f64::from(y.weight) * fy
+                    <= Self::cost(y, now, default_ns, rate) * f64::from(x.weight) * fx
             }
         }
     }
 
     /// The peak-EWMA load of `member` (not yet divided by its weight) at time `now`.
     #[inline]
-    fn cost<K, S>(member: &Member<K, S>, now: u64, default_ns: f64, decay_ns: f64) -> f64 {
+    fn cost<K, S>(member: &Member<K, S>, now: u64, default_ns: f64, rate: f64) -> f64 {
         let in_flight = member.state.requests() as f64;
-        load::rtt_estimate(&member.state.load, now, default_ns, decay_ns) * (in_flight + 1.0)
+        load::rtt_estimate(&member.state.load, now, default_ns, rate) * (in_flight + 1.0)
     }
 }
 
@@ -232,7 +235,7 @@ impl<K> Strategy<K> for PowerOfTwoChoices {
         let in_flight = InFlight::hold(&member.state);
         Some(match self.peak_ewma {
             None => in_flight,
-            Some((_, decay_ns)) => in_flight.timed(decay_ns),
+            Some((_, rate)) => in_flight.timed(rate),
         })
     }
 }
