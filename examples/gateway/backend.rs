@@ -1,7 +1,16 @@
 //! The embedded backends: small HTTP servers on 127.0.0.1 that stand in for the instances of an
 //! image-processing service.
 
-use std::{io, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    io,
+    net::{Ipv4Addr, SocketAddr},
+    pin::pin,
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use axum::{
     body::Body,
@@ -11,16 +20,28 @@ use axum::{
     Router,
 };
 use http_body_util::{BodyExt, Limited};
-use tokio::net::TcpListener;
+use hyper::{body::Incoming, server::conn::http1, service::service_fn};
+use hyper_util::rt::TokioIo;
+use tokio::{
+    net::{TcpListener, TcpSocket},
+    sync::watch,
+    task::{JoinHandle, JoinSet},
+};
+use tower::ServiceExt;
 
-use crate::app::{Server, Target, MAX_BODY_BYTES};
+use crate::app::{Target, MAX_BODY_BYTES};
+
+/// The request header that a backend copies into its answer, so that a client can match answers
+/// to requests.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// How an embedded backend behaves.
 #[derive(Clone, Debug)]
 pub struct BackendOptions {
     /// Rounds of crc32 over the request body for every request: the simulated image processing.
     pub work_rounds: u32,
-    /// Extra time taken by every request, to play a slow or overloaded instance.
+    /// Extra time taken by every request, to play a slow or overloaded instance. It can be
+    /// changed while the backend runs, with [`Backend::set_delay`].
     pub delay: Duration,
 }
 
@@ -35,11 +56,26 @@ impl Default for BackendOptions {
 
 /// A running embedded backend.
 ///
-/// Dropping it starts a graceful shutdown in the background; [`Backend::stop`] waits for it.
+/// Dropping it starts a graceful shutdown in the background; [`Backend::stop`] waits for it, and
+/// [`Backend::kill`] stops it abruptly instead, as a crash would.
 #[derive(Debug)]
 pub struct Backend {
     name: String,
-    server: Server,
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    command: watch::Sender<Command>,
+    task: JoinHandle<Ended>,
+}
+
+/// What [`Backend::kill`] cut short.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Killed {
+    /// Connections that were open when the backend stopped accepting, all closed by the kill.
+    /// Each carried at most one request (HTTP/1.1, without pipelining): no more requests than
+    /// this can have been lost.
+    pub connections: usize,
+    /// Requests that the backend had started to handle and never answered.
+    pub requests: usize,
 }
 
 impl Backend {
@@ -50,7 +86,7 @@ impl Backend {
 
     /// The address it listens on.
     pub fn addr(&self) -> SocketAddr {
-        self.server.addr()
+        self.addr
     }
 
     /// The gateway's view of this backend: its name is its endpoint key.
@@ -61,11 +97,48 @@ impl Backend {
         Target::new(self.name.clone(), self.addr())
     }
 
+    /// Makes every request that starts from now on take `delay` longer (replacing the delay of
+    /// [`BackendOptions::delay`]); requests already waiting keep their delay.
+    pub fn set_delay(&self, delay: Duration) {
+        let nanos = u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX);
+        self.shared.delay_nanos.store(nanos, Ordering::Relaxed);
+    }
+
     /// Stops accepting connections, closes the idle ones, and waits for the requests in flight.
     ///
     /// Once this returns, connecting to the backend's address is refused.
     pub async fn stop(self) -> io::Result<()> {
-        self.server.stop().await
+        // A send fails only if the task has ended, which it does only when told to.
+        let _ = self.command.send(Command::Stop);
+        self.task.await.map(drop).map_err(io::Error::other)
+    }
+}
+
+/// Fault injection and counters, for tests that play a failing or slow instance; the example
+/// itself never kills a backend.
+#[allow(dead_code)]
+impl Backend {
+    /// The extra time every request takes now.
+    pub fn delay(&self) -> Duration {
+        self.shared.delay()
+    }
+
+    /// Requests answered so far.
+    pub fn served(&self) -> u64 {
+        self.shared.served.load(Ordering::Relaxed)
+    }
+
+    /// Stops the backend as a crash would: the listener and every connection are closed at once,
+    /// requests in flight are dropped unanswered. Returns what was cut short.
+    ///
+    /// Once this returns, connecting to the backend's address is refused, and the address can be
+    /// bound again with [`spawn_backend_on`].
+    pub async fn kill(self) -> io::Result<Killed> {
+        let _ = self.command.send(Command::Kill);
+        match self.task.await.map_err(io::Error::other)? {
+            Ended::Killed(killed) => Ok(killed),
+            Ended::Stopped => unreachable!("a backend stops only when told to"),
+        }
     }
 }
 
@@ -73,28 +146,202 @@ impl Backend {
 ///
 /// It answers every path with the result of "resizing" the request body, except `/headers`,
 /// which lists the request headers it received (as httpbin's `/headers` does) and answers with a
-/// few hop-by-hop headers that a proxy must not pass on.
+/// few hop-by-hop headers that a proxy must not pass on. Answers carry the request's
+/// [`REQUEST_ID_HEADER`], if it has one.
 pub async fn spawn_backend(name: &str, options: BackendOptions) -> io::Result<Backend> {
-    let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
-    let state = Arc::new(BackendState {
-        name: name.to_owned(),
-        options,
-    });
-    let router = Router::new().fallback(handle).with_state(state);
-    Ok(Backend {
-        name: name.to_owned(),
-        server: Server::start(listener, router)?,
-    })
+    spawn_backend_on(name, options, SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await
 }
 
-struct BackendState {
-    name: String,
+/// Starts a backend named `name` on `addr` (port 0 picks a free port), as [`spawn_backend`] does.
+///
+/// The address may be one that a backend just stopped or was killed on, such as a backend's
+/// [`addr`](Backend::addr), to restart it where its clients expect it: the listener is bound
+/// with `SO_REUSEADDR`, so the closed connections lingering in `TIME_WAIT` do not hold the port.
+pub async fn spawn_backend_on(
+    name: &str,
     options: BackendOptions,
+    addr: SocketAddr,
+) -> io::Result<Backend> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    let listener = socket.listen(1024)?;
+    let addr = listener.local_addr()?;
+    let shared = Arc::new(Shared {
+        name: name.to_owned(),
+        work_rounds: options.work_rounds,
+        delay_nanos: AtomicU64::new(0),
+        served: AtomicU64::new(0),
+        open_connections: AtomicUsize::new(0),
+        abandoned: AtomicUsize::new(0),
+    });
+    let router = Router::new()
+        .fallback(handle)
+        .with_state(Arc::clone(&shared));
+    let (command, commands) = watch::channel(Command::Serve);
+    let task = tokio::spawn(serve(listener, router, commands, Arc::clone(&shared)));
+    let backend = Backend {
+        name: name.to_owned(),
+        addr,
+        shared,
+        command,
+        task,
+    };
+    backend.set_delay(options.delay);
+    Ok(backend)
 }
 
-async fn handle(State(state): State<Arc<BackendState>>, request: Request) -> Response {
-    if !state.options.delay.is_zero() {
-        tokio::time::sleep(state.options.delay).await;
+/// What the serving task is told to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Command {
+    Serve,
+    /// Graceful: stop accepting, let the requests in flight finish.
+    Stop,
+    /// Abrupt: stop accepting, close every connection now.
+    Kill,
+}
+
+/// How the serving task ended.
+#[derive(Debug)]
+enum Ended {
+    Stopped,
+    Killed(Killed),
+}
+
+/// State shared by the backend handle, its serving task and its request handler.
+#[derive(Debug)]
+struct Shared {
+    name: String,
+    work_rounds: u32,
+    delay_nanos: AtomicU64,
+    served: AtomicU64,
+    open_connections: AtomicUsize,
+    /// Requests whose handling started and was dropped before an answer.
+    abandoned: AtomicUsize,
+}
+
+impl Shared {
+    fn delay(&self) -> Duration {
+        Duration::from_nanos(self.delay_nanos.load(Ordering::Relaxed))
+    }
+}
+
+/// Accepts connections and serves each on its own task until told to stop or to die. A dropped
+/// [`Backend`] stops gracefully.
+async fn serve(
+    listener: TcpListener,
+    router: Router,
+    mut commands: watch::Receiver<Command>,
+    shared: Arc<Shared>,
+) -> Ended {
+    let mut connections = JoinSet::new();
+    let command = loop {
+        tokio::select! {
+            changed = commands.changed() => {
+                let command = match changed {
+                    Ok(()) => *commands.borrow_and_update(),
+                    Err(_) => Command::Stop,
+                };
+                if command != Command::Serve {
+                    break command;
+                }
+            }
+            accepted = listener.accept() => {
+                // Accept errors (such as too many open files) concern one connection.
+                let Ok((stream, _)) = accepted else { continue };
+                let _ = stream.set_nodelay(true);
+                let router = router.clone();
+                let service = service_fn(move |request: hyper::Request<Incoming>| {
+                    router.clone().oneshot(request.map(Body::new))
+                });
+                let mut commands = commands.clone();
+                let open = Open::new(&shared);
+                connections.spawn(async move {
+                    let _open = open;
+                    let mut builder = http1::Builder::new();
+                    builder.header_read_timeout(None);
+                    let mut connection = pin!(builder.serve_connection(TokioIo::new(stream), service));
+                    tokio::select! {
+                        _ = connection.as_mut() => return,
+                        // A dropped `Backend` (an error here) stops gracefully too.
+                        _ = commands.wait_for(|command| *command == Command::Stop) => {}
+                    }
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                });
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    };
+    // Closing the listener refuses new connections from now on.
+    drop(listener);
+    if command == Command::Kill {
+        let connections_open = shared.open_connections.load(Ordering::SeqCst);
+        let abandoned_before = shared.abandoned.load(Ordering::SeqCst);
+        // Aborting a connection's task drops its socket and the handler of its request.
+        connections.shutdown().await;
+        return Ended::Killed(Killed {
+            connections: connections_open,
+            requests: shared.abandoned.load(Ordering::SeqCst) - abandoned_before,
+        });
+    }
+    while connections.join_next().await.is_some() {}
+    Ended::Stopped
+}
+
+/// Counts an open connection until dropped.
+struct Open(Arc<Shared>);
+
+impl Open {
+    fn new(shared: &Arc<Shared>) -> Self {
+        shared.open_connections.fetch_add(1, Ordering::SeqCst);
+        Self(Arc::clone(shared))
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open_connections.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Counts a request as abandoned if dropped before [`Handling::answered`].
+struct Handling<'a>(Option<&'a Shared>);
+
+impl Handling<'_> {
+    fn answered(mut self) {
+        if let Some(shared) = self.0.take() {
+            shared.served.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Handling<'_> {
+    fn drop(&mut self) {
+        if let Some(shared) = self.0 {
+            shared.abandoned.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+async fn handle(State(state): State<Arc<Shared>>, request: Request) -> Response {
+    let handling = Handling(Some(&state));
+    let request_id = request.headers().get(REQUEST_ID_HEADER).cloned();
+    let mut response = answer(&state, request).await;
+    if let Some(id) = request_id {
+        response.headers_mut().insert(REQUEST_ID_HEADER, id);
+    }
+    handling.answered();
+    response
+}
+
+async fn answer(state: &Shared, request: Request) -> Response {
+    let delay = state.delay();
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
     }
     if request.uri().path() == "/headers" {
         return echo_headers(&state.name, request.headers());
@@ -106,7 +353,7 @@ async fn handle(State(state): State<Arc<BackendState>>, request: Request) -> Res
         Ok(body) => body.to_bytes(),
         Err(error) => return (StatusCode::BAD_REQUEST, format!("{error}\n")).into_response(),
     };
-    let rounds = state.options.work_rounds;
+    let rounds = state.work_rounds;
     // CPU-bound work goes to the blocking pool, as real image processing should, so that it
     // does not hold up the other connections served by this worker thread.
     let digest = {
@@ -121,7 +368,7 @@ async fn handle(State(state): State<Arc<BackendState>>, request: Request) -> Res
         "Request handled by: {}\nresized {} bytes to {thumbnail} bytes, crc32 {digest:08x} after {} rounds\n",
         state.name,
         body.len(),
-        state.options.work_rounds,
+        rounds,
     )
     .into_response()
 }
