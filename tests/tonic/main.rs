@@ -316,6 +316,44 @@ async fn a_call_slower_than_the_timeout_fails_with_deadline_exceeded() {
     .await
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_complete_over_channels_whose_buffer_is_full() {
+    bounded(async {
+        let servers = start_servers().await;
+        // A one-request buffer: a channel's `poll_ready` is pending while its worker is busy.
+        let channels: app::Channels = Endpoints::from_iter(servers.iter().map(|server| {
+            let endpoint =
+                tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr()))
+                    .unwrap()
+                    .buffer_size(1);
+            (server.name().to_owned(), endpoint.connect_lazy())
+        }));
+        let round_robin = app::balanced(RoundRobin::new(), &channels, &config()).client;
+        let consistent = app::balanced(ConsistentHash::new(x_key()), &channels, &config()).client;
+
+        let mut calls = tokio::task::JoinSet::new();
+        for i in 0..100 {
+            let mut round_robin = round_robin.clone();
+            let mut consistent = consistent.clone();
+            calls.spawn(async move {
+                if i % 2 == 0 {
+                    round_robin.whoami(WhoamiRequest::default()).await
+                } else {
+                    consistent
+                        .whoami(keyed_request(&format!("user-{i}")).unwrap())
+                        .await
+                }
+            });
+        }
+        while let Some(call) = calls.join_next().await {
+            let reply = call.unwrap().unwrap().into_inner();
+            assert!(NAMES.contains(&reply.server.as_str()), "{reply:?}");
+        }
+        stop_all(servers).await;
+    })
+    .await
+}
+
 #[tokio::test]
 async fn an_empty_set_fails_calls_with_unavailable() {
     bounded(async {
