@@ -23,7 +23,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::{body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
 use tokio::{
-    net::{TcpListener, TcpSocket},
+    net::{TcpListener, TcpSocket, TcpStream},
     sync::watch,
     task::{JoinHandle, JoinSet},
 };
@@ -70,9 +70,9 @@ pub struct Backend {
 /// What [`Backend::kill`] cut short.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Killed {
-    /// Connections that were open when the backend stopped accepting, all closed by the kill.
-    /// Each carried at most one request (HTTP/1.1, without pipelining): no more requests than
-    /// this can have been lost.
+    /// Connections that were open, or made and waiting to be accepted, when the backend stopped
+    /// accepting: all closed by the kill. Each carried at most one request (HTTP/1.1, without
+    /// pipelining): no more requests than this can have been lost.
     pub connections: usize,
     /// Requests that the backend had started to handle and never answered.
     pub requests: usize,
@@ -249,47 +249,70 @@ async fn serve(
                     break command;
                 }
             }
-            accepted = listener.accept() => {
-                // Accept errors (such as too many open files) concern one connection.
-                let Ok((stream, _)) = accepted else { continue };
-                let _ = stream.set_nodelay(true);
-                let router = router.clone();
-                let service = service_fn(move |request: hyper::Request<Incoming>| {
-                    router.clone().oneshot(request.map(Body::new))
-                });
-                let mut commands = commands.clone();
-                let open = Open::new(&shared);
-                connections.spawn(async move {
-                    let _open = open;
-                    let mut builder = http1::Builder::new();
-                    builder.header_read_timeout(None);
-                    let mut connection = pin!(builder.serve_connection(TokioIo::new(stream), service));
-                    tokio::select! {
-                        _ = connection.as_mut() => return,
-                        // A dropped `Backend` (an error here) stops gracefully too.
-                        _ = commands.wait_for(|command| *command == Command::Stop) => {}
-                    }
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
-                });
-            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let open = Open::new(&shared);
+                    let connection = serve_connection(stream, router.clone(), commands.clone());
+                    connections.spawn(async move {
+                        let _open = open;
+                        connection.await;
+                    });
+                }
+                // Such as too many open files: wait for connections to close rather than spin.
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            },
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
     };
-    // Closing the listener refuses new connections from now on.
-    drop(listener);
     if command == Command::Kill {
-        let connections_open = shared.open_connections.load(Ordering::SeqCst);
+        // Connections made but not yet accepted are closed and counted with the others.
+        let waiting = close_listener(listener);
+        let open = shared.open_connections.load(Ordering::SeqCst) + waiting;
         let abandoned_before = shared.abandoned.load(Ordering::SeqCst);
         // Aborting a connection's task drops its socket and the handler of its request.
         connections.shutdown().await;
         return Ended::Killed(Killed {
-            connections: connections_open,
+            connections: open,
             requests: shared.abandoned.load(Ordering::SeqCst) - abandoned_before,
         });
     }
+    // Closing the listener refuses new connections from now on.
+    drop(listener);
     while connections.join_next().await.is_some() {}
     Ended::Stopped
+}
+
+/// Closes `listener` after accepting, and closing at once, the connections waiting in its
+/// queue; returns how many there were.
+fn close_listener(listener: TcpListener) -> usize {
+    // The std listener is non-blocking: `accept` fails once the queue is empty.
+    match listener.into_std() {
+        Ok(listener) => std::iter::from_fn(|| listener.accept().ok()).count(),
+        Err(_) => 0,
+    }
+}
+
+/// Serves HTTP/1.1 on one connection until the client closes it, or until a graceful stop is
+/// commanded (or the [`Backend`] dropped), after which it finishes the request in flight.
+async fn serve_connection(
+    stream: TcpStream,
+    router: Router,
+    mut commands: watch::Receiver<Command>,
+) {
+    let _ = stream.set_nodelay(true);
+    let service = service_fn(move |request: hyper::Request<Incoming>| {
+        router.clone().oneshot(request.map(Body::new))
+    });
+    let mut builder = http1::Builder::new();
+    // No timer is given, so no header timeout (hyper's default of 30 s would warn without one).
+    builder.header_read_timeout(None);
+    let mut connection = pin!(builder.serve_connection(TokioIo::new(stream), service));
+    tokio::select! {
+        _ = connection.as_mut() => return,
+        _ = commands.wait_for(|command| *command == Command::Stop) => {}
+    }
+    connection.as_mut().graceful_shutdown();
+    let _ = connection.await;
 }
 
 /// Counts an open connection until dropped.
