@@ -90,6 +90,7 @@ mod layer;
 mod load;
 mod route;
 mod service;
+mod waiters;
 
 pub use self::{
     endpoints::{EndpointKey, Endpoints},

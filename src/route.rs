@@ -14,6 +14,7 @@ use crate::{
     error::{AllEjected, Unavailable},
     health::Classify,
     load::{self, InFlight},
+    waiters::Waiters,
     BoxError,
 };
 
@@ -29,6 +30,20 @@ pub(crate) trait Candidates<S>: Send + Sync {
     fn state(&self, index: usize) -> &Arc<EndpointState>;
     /// Requests in flight over the set.
     fn total(&self) -> &Arc<AtomicUsize>;
+    /// The membership version of the snapshot.
+    fn version(&self) -> u64;
+}
+
+/// The balancer's current membership, as a waiting keyed request sees it: when the set changes
+/// while the request waits for readiness, it routes again over the new set.
+pub(crate) trait Membership<S>: Send + Sync {
+    /// The version of the newest snapshot.
+    fn version(&self) -> u64;
+    /// The newest snapshot and the position of the key hashed to `hash` in it, or the error a
+    /// new request would get (an empty set, a table that could not be built).
+    fn reroute(&self, hash: u64) -> Result<(Arc<dyn Candidates<S>>, usize), BoxError>;
+    /// The tasks a membership change wakes.
+    fn waiters(&self) -> &Waiters;
 }
 
 /// The states of every endpoint of `candidates`, for outlier detection's ejected share.
@@ -74,6 +89,16 @@ impl Walker {
             factor,
             eligible_seen: false,
         }
+    }
+
+    /// A walk from `start` with the same load bound.
+    fn restarted(&self, start: usize) -> Self {
+        Self::new(start, self.factor)
+    }
+
+    /// Whether the walk passes over ejected endpoints: in every pass but panic mode's.
+    fn skips_ejected(&self) -> bool {
+        self.pass != Pass::Panic
     }
 
     /// The next candidate not in `tried`, with its in-flight count when loads are bounded.
@@ -177,6 +202,11 @@ pub(crate) struct Routing<S, Req, C> {
     pub(crate) error: Option<BoxError>,
     pub(crate) health: Option<Arc<Health>>,
     pub(crate) classify: C,
+    /// The balancer's membership, and the request's key hash, for routing again after a change.
+    pub(crate) membership: Arc<dyn Membership<S>>,
+    pub(crate) hash: u64,
+    /// The request's slot among the tasks a membership change wakes, while it waits.
+    pub(crate) waiter: Option<usize>,
 }
 
 /// What polling a [`Routing`] gave.
@@ -192,9 +222,47 @@ where
     C: Clone,
 {
     pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Routed<S, Req, C>> {
+        let routed = self.route(cx);
+        let waiters = self.membership.waiters();
+        if routed.is_pending() {
+            waiters.register(&mut self.waiter, cx.waker());
+            // A change published before the registration woke nobody: wake this task to see it.
+            if self.membership.version() != self.candidates.version() {
+                cx.waker().wake_by_ref();
+            }
+        } else {
+            waiters.deregister(&mut self.waiter);
+        }
+        routed
+    }
+
+    fn route(&mut self, cx: &mut Context<'_>) -> Poll<Routed<S, Req, C>> {
+        if self.membership.version() != self.candidates.version() {
+            // The set changed while the request waited: route it over the new one, from the
+            // key's position there.
+            match self.membership.reroute(self.hash) {
+                Ok((candidates, start)) => {
+                    self.candidates = candidates;
+                    self.restart(start);
+                }
+                Err(error) => {
+                    self.pending.clear();
+                    return Poll::Ready(Routed::Failed(error));
+                }
+            }
+        }
         // The candidates already waiting, in order of preference.
         let mut i = 0;
         while i < self.pending.len() {
+            let ejected = self.walker.skips_ejected()
+                && self.health.as_deref().is_some_and(|health| {
+                    health.is_ejected(self.candidates.state(self.pending[i].0))
+                });
+            if ejected {
+                // Ejected while the request waited for it: walk again over what is eligible now.
+                self.restart(self.walker.start);
+                break;
+            }
             match self.pending[i].1.poll_ready(cx) {
                 Poll::Ready(Ok(())) => {
                     let (index, service, guard) = self.pending.swap_remove(i);
@@ -234,6 +302,13 @@ where
         }
     }
 
+    /// Starts the walk over, from `start`: nothing tried, nothing waited for.
+    fn restart(&mut self, start: usize) {
+        self.walker = self.walker.restarted(start);
+        self.tried.clear();
+        self.pending.clear();
+    }
+
     fn failed_readiness(&mut self, index: usize, error: BoxError) {
         if let Some(health) = &self.health {
             let state = self.candidates.state(index);
@@ -255,5 +330,11 @@ where
             // Unreachable: a routing that called its endpoint is replaced by the call's future.
             None => Routed::Failed(crate::error::NotReady::new().into()),
         }
+    }
+}
+
+impl<S, Req, C> Drop for Routing<S, Req, C> {
+    fn drop(&mut self) {
+        self.membership.waiters().deregister(&mut self.waiter);
     }
 }

@@ -18,8 +18,9 @@ use crate::{
     future::ResponseFuture,
     health::{Classify, Errors, OutlierDetection},
     load::InFlight,
-    route::{Candidates, Outcome, Routing, Walker},
+    route::{Candidates, Membership, Outcome, Routing, Walker},
     strategy::{Route, Strategy, Walk},
+    waiters::Waiters,
     BoxError, Endpoints,
 };
 
@@ -98,6 +99,8 @@ where
     /// wakers stay registered, and the membership version they belong to.
     pending: Vec<(usize, S)>,
     pending_version: u64,
+    /// This clone's slot among the tasks woken by a membership change, while it waits.
+    waiter: Option<usize>,
 }
 
 enum Reserved<S> {
@@ -129,6 +132,9 @@ where
     announced: std::sync::atomic::AtomicBool,
     /// Keeps the set alive for the [`Balance::endpoints`] handle.
     endpoints: Endpoints<K, S>,
+    /// The balancers and requests waiting for an endpoint: a membership change wakes them, so
+    /// that they route over the new set.
+    waiters: Waiters,
 }
 
 /// A membership snapshot with the strategy's table for it.
@@ -167,6 +173,7 @@ where
             table,
         }));
         self.version.store(members.version, Ordering::Release);
+        self.waiters.wake_all();
     }
 }
 
@@ -215,6 +222,7 @@ where
             version: AtomicU64::new(0),
             announced: std::sync::atomic::AtomicBool::new(false),
             endpoints: endpoints.clone(),
+            waiters: Waiters::default(),
         });
         let weak: Weak<Shared<St, K, S>> = Arc::downgrade(&shared);
         // Announces the current membership before any change can slip in.
@@ -236,6 +244,7 @@ where
             reserved: Reserved::None,
             pending: Vec::new(),
             pending_version: 0,
+            waiter: None,
         }
     }
 
@@ -313,6 +322,35 @@ where
             reserved: Reserved::None,
             pending: Vec::new(),
             pending_version: 0,
+            waiter: None,
+        }
+    }
+}
+
+/// Registers the task in `waiter` among those woken by a membership change, as it starts
+/// waiting on the candidates of membership `version`.
+fn wait<St, K, S>(
+    shared: &Shared<St, K, S>,
+    waiter: &mut Option<usize>,
+    version: u64,
+    cx: &Context<'_>,
+) where
+    St: Strategy<K>,
+{
+    shared.waiters.register(waiter, cx.waker());
+    // A change published before the registration woke nobody: wake this task to see it.
+    if shared.version.load(Ordering::Acquire) != version {
+        cx.waker().wake_by_ref();
+    }
+}
+
+impl<St, K, S, C> Drop for Balance<St, K, S, C>
+where
+    St: Strategy<K>,
+{
+    fn drop(&mut self) {
+        if self.waiter.is_some() {
+            self.shared.waiters.deregister(&mut self.waiter);
         }
     }
 }
@@ -397,6 +435,37 @@ where
     fn total(&self) -> &Arc<AtomicUsize> {
         &self.members.in_flight
     }
+
+    fn version(&self) -> u64 {
+        self.members.version
+    }
+}
+
+impl<St, K, S> Membership<S> for Shared<St, K, S>
+where
+    St: Strategy<K>,
+    K: Send + Sync + 'static,
+    S: Send + Sync + 'static,
+{
+    fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
+    fn reroute(&self, hash: u64) -> Result<(Arc<dyn Candidates<S>>, usize), BoxError> {
+        let snapshot = self.snapshot.load_full();
+        if snapshot.members.len() == 0 {
+            return Err(NoEndpoints::new().into());
+        }
+        if let Some(error) = snapshot.table.error() {
+            return Err(error.clone().into());
+        }
+        let start = snapshot.table.start(hash);
+        Ok((snapshot, start))
+    }
+
+    fn waiters(&self) -> &Waiters {
+        &self.waiters
+    }
 }
 
 impl<St, K, S, C, Req> Service<Req> for Balance<St, K, S, C>
@@ -432,23 +501,36 @@ where
             return Poll::Ready(Ok(()));
         }
 
+        let health = self.shared.health.as_deref();
         if !self.pending.is_empty() {
-            if self.pending_version == members.version {
+            // Kept candidates are still worth waiting for if the set is the same and none of
+            // them was ejected meanwhile; otherwise pick anew over what is eligible now.
+            let current = self.pending_version == members.version
+                && !health.is_some_and(|health| {
+                    self.pending
+                        .iter()
+                        .any(|(index, _)| health.is_ejected(&members.list[*index].state))
+                });
+            if current {
                 match poll_pending(&mut self.pending, cx) {
                     Some(Poll::Ready((index, service))) => {
+                        self.shared.waiters.deregister(&mut self.waiter);
                         self.reserved = reserve(&self.shared, &snapshot, index, service);
                         return Poll::Ready(Ok(()));
                     }
-                    Some(Poll::Pending) => return Poll::Pending,
+                    Some(Poll::Pending) => {
+                        wait(&self.shared, &mut self.waiter, members.version, cx);
+                        return Poll::Pending;
+                    }
                     // Every kept candidate failed: pick anew.
                     None => {}
                 }
             } else {
                 self.pending.clear();
             }
+            self.shared.waiters.deregister(&mut self.waiter);
         }
 
-        let health = self.shared.health.as_deref();
         let first = self
             .shared
             .strategy
@@ -511,6 +593,7 @@ where
         }
         if !self.pending.is_empty() {
             self.pending_version = members.version;
+            wait(&self.shared, &mut self.waiter, members.version, cx);
             return Poll::Pending;
         }
         self.reserved = if tried == 0 {
@@ -612,6 +695,9 @@ where
             error,
             health: self.shared.health.clone(),
             classify: self.classify.clone(),
+            membership: Arc::clone(&self.shared) as Arc<dyn Membership<S>>,
+            hash,
+            waiter: None,
         })
     }
 }

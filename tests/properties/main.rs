@@ -277,8 +277,6 @@ enum Stage<St: LbStrategy<&'static str>> {
 struct Kept<St: LbStrategy<&'static str>> {
     stage: Stage<St>,
     flag: Arc<Flag>,
-    /// The services present when the request was routed: those it may reach.
-    routed_over: Vec<usize>,
     /// The service it was sent to, once called.
     called: Option<usize>,
 }
@@ -302,8 +300,6 @@ struct Expect {
 
 struct World<St: LbStrategy<&'static str>> {
     kind: Kind,
-    /// Whether a request that waited must avoid endpoints ejected while it waited.
-    strict_waiting: bool,
     panic_mode: bool,
     set: Endpoints<&'static str, Mock<Req>>,
     lb: Lb<St>,
@@ -329,7 +325,7 @@ where
     St: LbStrategy<&'static str> + Clone,
     Lb<St>: Service<Req, Response = &'static str, Error = BoxError, Future = Fut> + Clone,
 {
-    fn new(strategy: St, kind: Kind, strict_waiting: bool, case: &Case) -> Self {
+    fn new(strategy: St, kind: Kind, case: &Case) -> Self {
         let mut models = Vec::new();
         let mut current = [None; SLOTS];
         let mut initial = Vec::new();
@@ -365,7 +361,6 @@ where
             .layer(set.clone());
         Self {
             kind,
-            strict_waiting,
             panic_mode: case.panic_mode,
             set,
             lb,
@@ -594,7 +589,6 @@ where
         let key = format!("user-{key_index}");
         let exp = self.expect();
         let before = self.calls();
-        let routed_over = self.present();
         let flag = Arc::new(Flag::default());
         let mut svc = self.lb.clone();
         match with_flag(&flag, |cx| svc.poll_ready(cx)) {
@@ -615,7 +609,6 @@ where
                     self.kept.push(Kept {
                         stage: Stage::Ready(Box::new((svc, request(&key)))),
                         flag,
-                        routed_over,
                         called: None,
                     });
                 }
@@ -643,7 +636,6 @@ where
             self.kept.push(Kept {
                 stage: Stage::Future(fut),
                 flag,
-                routed_over,
                 called,
             });
         }
@@ -678,17 +670,12 @@ where
                     };
                     let (mut svc, req) = *waiting;
                     kept.stage = Stage::Future(Box::pin(svc.call(req)));
-                    kept.routed_over.clone_from(&present);
-                    // A keyless request picks now: only an eligible endpoint may take it. Unless
-                    // strict, tolerate a kept candidate ejected while the request waited (see
-                    // `waiting_request_never_goes_to_an_endpoint_ejected_meanwhile`).
+                    // A keyless request picks now: only an eligible endpoint may take it, not
+                    // one ejected while the request waited.
                     let called = self.called_since(&before)?;
                     if let Some(id) = called {
-                        let ejected_meanwhile = !self.strict_waiting
-                            && present.contains(&id)
-                            && self.models[id].readiness == Readiness::Ready;
                         prop_assert!(
-                            exp.eligible.contains(&id) || ejected_meanwhile,
+                            exp.eligible.contains(&id),
                             "a request that waited went to {}, not eligible: {:?}",
                             self.name(id),
                             exp
@@ -707,9 +694,11 @@ where
         if let Some(id) = called {
             let kept = &self.kept[i];
             prop_assert!(kept.called.is_none(), "a request called twice");
+            // A waiting request routes over the set as it is when it is polled: a membership
+            // change wakes it and it routes again.
             prop_assert!(
-                kept.routed_over.contains(&id),
-                "{} was not in the set the request was routed over",
+                present.contains(&id),
+                "{} was not in the set when the request was routed",
                 self.name(id)
             );
             self.kept[i].called = Some(id);
@@ -919,20 +908,15 @@ where
     St: LbStrategy<&'static str> + Clone,
     Lb<St>: Service<Req, Response = &'static str, Error = BoxError, Future = Fut> + Clone,
 {
-    run_with(strategy, kind, false, case)
+    run_with(strategy, kind, case)
 }
 
-fn run_with<St>(
-    strategy: St,
-    kind: Kind,
-    strict_waiting: bool,
-    case: &Case,
-) -> Result<(), TestCaseError>
+fn run_with<St>(strategy: St, kind: Kind, case: &Case) -> Result<(), TestCaseError>
 where
     St: LbStrategy<&'static str> + Clone,
     Lb<St>: Service<Req, Response = &'static str, Error = BoxError, Future = Fut> + Clone,
 {
-    let mut world = World::new(strategy, kind, strict_waiting, case);
+    let mut world = World::new(strategy, kind, case);
     for op in &case.ops {
         world.apply(op)?;
     }
@@ -1426,7 +1410,7 @@ proptest! {
     }
 }
 
-// ---- known gaps --------------------------------------------------------------------------------
+// ---- waiting requests and changes under them -------------------------------------------------
 
 /// Sequences that make a request wait for pending endpoints, then eject one of those while it
 /// waits (failing calls from other requests, one failure ejects).
@@ -1460,27 +1444,15 @@ proptest! {
 
     /// A request that waited for pending endpoints goes, once one is ready, only to an eligible
     /// endpoint: not to one ejected while it waited.
-    ///
-    /// Ignored: fails. A keyless `poll_ready` that returned `Pending` re-polls the candidates it
-    /// kept without checking whether they were ejected meanwhile (`poll_pending` in
-    /// src/service.rs; keyed routing futures likewise re-poll their pending candidates first),
-    /// so the request goes to an ejected endpoint although another one is ready and eligible.
     #[test]
-    #[ignore = "bug: a waiting request is sent to an endpoint ejected while it waited"]
     fn waiting_request_never_goes_to_an_endpoint_ejected_meanwhile(case in waiting_case()) {
-        run_with(RoundRobin::new(), Kind::Keyless, true, &case)?;
+        run_with(RoundRobin::new(), Kind::Keyless, &case)?;
     }
 }
 
 /// A request waiting for a pending endpoint is woken when the set changes under it, and then
 /// routed over the new set: here its only endpoint is replaced by a ready one.
-///
-/// Ignored: fails. Membership changes wake no waiting request, so a caller whose `poll_ready` (or
-/// keyed response future) waits on an endpoint that is then removed stays asleep until that
-/// removed endpoint becomes ready, possibly forever, although the set has a ready endpoint. A
-/// keyed response future even routes over the snapshot it started with when polled again.
 #[test]
-#[ignore = "bug: membership changes do not wake requests waiting for readiness"]
 fn waiting_request_is_woken_and_rerouted_when_the_set_changes() {
     let gone: Mock<Req> = Mock::new("gone");
     gone.set_readiness(Readiness::Pending);
