@@ -135,6 +135,11 @@ for target in "${targets[@]}"; do
     fi
     if [ "$status" -eq 0 ]; then
         outcome="ok"
+    elif grep -q '^Error: failed to build fuzz script' "$log"; then
+        # The sources changed since the build step, and no longer build.
+        outcome="BUILD FAILED"
+        failed+=("$target")
+        grep -E '^(error|warning)' -A 6 "$log" | head -n 40
     else
         outcome="FAILED (exit $status)"
         failed+=("$target")
