@@ -120,6 +120,7 @@ type Set = Endpoints<Id, Endpoint>;
 type KeyFn = fn(&Vec<u8>) -> Option<Vec<u8>>;
 
 /// The request is its own key.
+#[allow(clippy::ptr_arg)] // the request type is `Vec<u8>`
 fn request_key(request: &Vec<u8>) -> Option<Vec<u8>> {
     Some(request.clone())
 }
@@ -230,7 +231,7 @@ fn check_config_error(error: &InvalidConfig, option: &str) {
 }
 
 fn is_prime(n: u64) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d))
 }
 
 /// The weight an input gives, reduced for the ring (keeping 0, the invalid weight, as it is).
