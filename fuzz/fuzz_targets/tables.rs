@@ -231,7 +231,10 @@ fn check_config_error(error: &InvalidConfig, option: &str) {
 }
 
 fn is_prime(n: u64) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d))
+    n >= 2
+        && (2..)
+            .take_while(|d| d * d <= n)
+            .all(|d| !n.is_multiple_of(d))
 }
 
 /// The weight an input gives, reduced for the ring (keeping 0, the invalid weight, as it is).
