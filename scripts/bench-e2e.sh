@@ -28,7 +28,7 @@ ENVIRONMENT (defaults in brackets):
     THREADS         wrk threads (-t)                                                 [2]
     CONNECTIONS     wrk connections (-c)                                             [64]
     ROUNDS          measured runs per contender, alternated; the median is shown     [3]
-    WORKERS         gateway tokio worker threads (TOKIO_WORKER_THREADS) and nginx
+    WORKERS         gateway worker threads (--workers) and nginx
                     worker_processes, matched                                        [nproc]
     BACKEND_WORKERS tokio worker threads of the backends process                     [nproc]
     BACKEND_ARGS    extra gateway flags for the backends process                     [--work 0]
@@ -233,16 +233,16 @@ for p in "${BACKEND_PORTS[@]}"; do wait_http "$p"; done
 DIRECT_PORT=${BACKEND_PORTS[0]}
 
 # ---------------------------------------------------------------------------------------------
-# The gateways: one per strategy, both with TOKIO_WORKER_THREADS=$WORKERS.
+# The gateways: one per strategy, both with $WORKERS worker threads.
 backend_flags=()
 for url in "${BACKENDS[@]}"; do backend_flags+=(--backend "$url"); done
 gateway_port() { sed -nE 's|^gateway listening on http://127\.0\.0\.1:([0-9]+).*|\1|p' "$1" | head -n1; }
 
-log "starting the gateways ($WORKERS tokio workers each)"
-start_gateway gw-rr "$WORKERS" "${backend_flags[@]}" --strategy round-robin --listen 127.0.0.1:0 --no-demo
+log "starting the gateways ($WORKERS workers each)"
+start_gateway gw-rr "$WORKERS" "${backend_flags[@]}" --workers "$WORKERS" --strategy round-robin --listen 127.0.0.1:0 --no-demo
 wait_line "$TMP/gw-rr.out" '^gateway listening on' "$STARTED_PID"
 GW_RR_PORT=$(gateway_port "$TMP/gw-rr.out")
-start_gateway gw-ch "$WORKERS" "${backend_flags[@]}" --strategy consistent --key query:key --listen 127.0.0.1:0 --no-demo
+start_gateway gw-ch "$WORKERS" "${backend_flags[@]}" --workers "$WORKERS" --strategy consistent --key query:key --listen 127.0.0.1:0 --no-demo
 wait_line "$TMP/gw-ch.out" '^gateway listening on' "$STARTED_PID"
 GW_CH_PORT=$(gateway_port "$TMP/gw-ch.out")
 wait_http "$GW_RR_PORT"
@@ -423,7 +423,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
 
 echo
 echo "tower-lb gateway vs nginx vs direct: 3 loopback backends, wrk -t$THREADS -c$CONNECTIONS -d$DURATION"
-echo "median of $ROUNDS alternated rounds (req/s and p99 each); gateway: $WORKERS tokio workers,"
+echo "median of $ROUNDS alternated rounds (req/s and p99 each); gateway: $WORKERS worker threads,"
 echo "nginx: worker_processes $WORKERS; backends: $BACKEND_WORKERS tokio workers; $NPROC CPUs shared by all"
 for label in round-robin consistent; do
 	echo

@@ -269,6 +269,9 @@ pub struct GatewayConfig {
     pub eject_after: u32,
     /// The largest request body accepted; larger ones get 413.
     pub max_body_bytes: usize,
+    /// The worker threads that will serve the gateway ([`Workers`]); each gets its own pool of
+    /// backend connections. 0 when it is served by a tokio runtime of the caller's instead.
+    pub workers: usize,
 }
 
 impl Default for GatewayConfig {
@@ -281,6 +284,7 @@ impl Default for GatewayConfig {
             retries: 2,
             eject_after: 1,
             max_body_bytes: MAX_BODY_BYTES,
+            workers: 0,
         }
     }
 }
@@ -443,12 +447,10 @@ pub fn gateway(targets: &[Target], config: &GatewayConfig) -> Result<Gateway, Co
         .weights
         .clone()
         .unwrap_or_else(|| vec![1; targets.len()]);
-    let endpoints = Endpoints::try_from_weighted(
-        targets
-            .iter()
-            .zip(weights)
-            .map(|(t, w)| (t.key.clone(), HttpEndpoint::new(t, connect_timeout), w)),
-    )
+    let endpoints = Endpoints::try_from_weighted(targets.iter().zip(weights).map(|(t, w)| {
+        let endpoint = HttpEndpoint::new(t, connect_timeout, config.workers);
+        (t.key.clone(), endpoint, w)
+    }))
     .map_err(ConfigError::Weight)?;
     let detection = config
         .outlier_detection()
@@ -558,31 +560,50 @@ impl fmt::Debug for Stats {
     }
 }
 
-/// One backend as an endpoint of the set: a hyper-util client (with its own connection pool)
-/// and the backend's address. Cheap to clone: clones share the pool.
+/// One backend as an endpoint of the set: hyper-util clients (each with its own connection
+/// pool) and the backend's address. Cheap to clone: clones share the pools.
+///
+/// A gateway served by [`Workers`] gives each worker thread a pool of its own, so that a request
+/// goes out on a connection driven by the thread that serves it, instead of waking another
+/// thread that drives that connection. Other threads share one more pool.
 #[derive(Clone)]
 pub struct HttpEndpoint {
     key: Arc<str>,
     /// The key as a header value, made once rather than per response.
     key_header: HeaderValue,
     authority: Authority,
-    client: Client<HttpConnector, Full<Bytes>>,
+    clients: Arc<[Client<HttpConnector, Full<Bytes>>]>,
 }
 
 impl HttpEndpoint {
-    /// An endpoint for `target`, whose connections must be made within `connect_timeout`.
-    pub fn new(target: &Target, connect_timeout: Duration) -> Self {
+    /// An endpoint for `target`, whose connections must be made within `connect_timeout`, with a
+    /// connection pool for each of `workers` worker threads and one for other threads.
+    pub fn new(target: &Target, connect_timeout: Duration, workers: usize) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(connect_timeout));
+        let clients = (0..=workers)
+            .map(|_| Client::builder(TokioExecutor::new()).build(connector.clone()))
+            .collect();
         Self {
             key: target.key.as_str().into(),
             key_header: HeaderValue::from_str(&target.key)
                 .unwrap_or_else(|_| HeaderValue::from_static("?")),
             authority: target.authority.clone(),
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            clients,
         }
     }
+
+    /// The pool of the calling thread.
+    fn client(&self) -> &Client<HttpConnector, Full<Bytes>> {
+        let worker = WORKER.with(std::cell::Cell::get);
+        self.clients.get(worker).unwrap_or(&self.clients[0])
+    }
+}
+
+thread_local! {
+    /// The number of the [`Workers`] thread this is (from 1), 0 on other threads.
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 impl fmt::Debug for HttpEndpoint {
@@ -617,7 +638,7 @@ impl Service<Request<Bytes>> for HttpEndpoint {
         }
         parts.uri = Uri::from_parts(uri).expect("scheme, authority and path make a valid URI");
         let sent = self
-            .client
+            .client()
             .request(Request::from_parts(parts, Full::new(body)));
 
         let key = Arc::clone(&self.key);
@@ -931,16 +952,19 @@ fn error_chain(error: &(dyn Error + 'static)) -> String {
     text
 }
 
-/// A running HTTP server (the gateway or a backend) with graceful shutdown.
+/// A running HTTP server with graceful shutdown, on the caller's tokio runtime: the tests serve
+/// the gateway with it (the example serves with [`Workers`]).
 ///
 /// Dropping it starts the shutdown in the background; [`Server::stop`] waits for it.
 #[derive(Debug)]
+#[cfg_attr(not(test), allow(dead_code))]
 pub struct Server {
     addr: SocketAddr,
     shutdown: oneshot::Sender<()>,
     task: JoinHandle<io::Result<()>>,
 }
 
+#[cfg_attr(not(test), allow(dead_code))]
 impl Server {
     /// Binds `addr` (port 0 picks a free port) and serves `router` on it.
     pub async fn bind(addr: SocketAddr, router: Router) -> io::Result<Self> {
@@ -978,5 +1002,97 @@ impl Server {
     pub async fn stop(self) -> io::Result<()> {
         drop(self.shutdown);
         self.task.await.map_err(io::Error::other)?
+    }
+}
+
+/// The gateway served by worker threads, each with a single-threaded tokio runtime and a
+/// listening socket of its own on the same address (`SO_REUSEPORT`: the kernel spreads the
+/// connections over them), the way nginx's worker processes serve: a connection is read,
+/// forwarded and answered on one thread, with its own backend connections
+/// ([`GatewayConfig::workers`]), so that no task moves between threads and no thread wakes
+/// another. The balancer is one for all: the round-robin cursor, the ejections and the
+/// statistics are shared.
+///
+/// Dropping it starts the shutdown in the background; [`Workers::stop`] waits for it.
+#[derive(Debug)]
+pub struct Workers {
+    addr: SocketAddr,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    threads: Vec<std::thread::JoinHandle<io::Result<()>>>,
+}
+
+impl Workers {
+    /// Binds `addr` (port 0 picks a free port) once per worker and serves `router` on
+    /// `workers` threads (at least 1). Must be called within a tokio runtime, which binds the
+    /// sockets.
+    pub fn start(addr: SocketAddr, router: Router, workers: usize) -> io::Result<Self> {
+        let mut addr = addr;
+        let mut listeners = Vec::new();
+        for _ in 0..workers.max(1) {
+            let socket = if addr.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()?
+            } else {
+                tokio::net::TcpSocket::new_v6()?
+            };
+            socket.set_reuseport(true)?;
+            socket.set_nodelay(true)?;
+            socket.bind(addr)?;
+            let listener = socket.listen(1024)?;
+            // The others bind the port the first one got.
+            addr = listener.local_addr()?;
+            listeners.push(listener.into_std()?);
+        }
+        let (shutdown, signal) = tokio::sync::watch::channel(false);
+        let mut threads = Vec::new();
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let router = router.clone();
+            let mut signal = signal.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("gateway-worker-{}", i + 1))
+                .spawn(move || {
+                    WORKER.with(|worker| worker.set(i + 1));
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
+                    runtime.block_on(async move {
+                        let listener = TcpListener::from_std(listener)?;
+                        let service = router.into_make_service_with_connect_info::<SocketAddr>();
+                        axum::serve(listener, service)
+                            .with_graceful_shutdown(async move {
+                                // A dropped sender is a signal too.
+                                let _ = signal.wait_for(|stop| *stop).await;
+                            })
+                            .await
+                    })
+                })?;
+            threads.push(thread);
+        }
+        Ok(Self {
+            addr,
+            shutdown,
+            threads,
+        })
+    }
+
+    /// The address they listen on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting connections, closes idle connections and waits for the requests in
+    /// flight to complete, on every worker.
+    pub async fn stop(self) -> io::Result<()> {
+        let _ = self.shutdown.send(true);
+        let threads = self.threads;
+        tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                thread
+                    .join()
+                    .map_err(|_| io::Error::other("a gateway worker panicked"))??;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(io::Error::other)?
     }
 }

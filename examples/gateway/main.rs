@@ -29,7 +29,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use app::{GatewayConfig, KeySource, Server, StrategyKind, Target};
+use app::{GatewayConfig, KeySource, StrategyKind, Target, Workers};
 use backend::{spawn_backend, Backend, BackendOptions};
 use demo::{DemoConfig, StatsTable};
 
@@ -67,6 +67,9 @@ BALANCING:
                          With hash and consistent, retries stay on the key's backend until it is
                          ejected, so above 1 its requests may fail while it is down
     --listen ADDR        gateway address; port 0 picks a free port (default: 127.0.0.1:8080)
+    --workers N          threads serving the gateway, each with its own listening socket and
+                         backend connections (default: $TOKIO_WORKER_THREADS if set, else the
+                         number of CPUs)
 
 DEMO:
     --requests N         demo requests, POST /resize?key=user-{i % 50} with an x-key header and
@@ -89,6 +92,7 @@ struct Options {
     backend: BackendOptions,
     gateway: GatewayConfig,
     listen: SocketAddr,
+    workers: usize,
     demo: Option<DemoConfig>,
     exit_after_demo: bool,
 }
@@ -101,6 +105,7 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Options>, Stri
         backend: BackendOptions::default(),
         gateway: GatewayConfig::default(),
         listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        workers: default_workers(),
         demo: Some(DemoConfig::default()),
         exit_after_demo: false,
     };
@@ -165,6 +170,7 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Options>, Stri
                     format!("--listen: expected an address like 127.0.0.1:8080, got {text:?}")
                 })?;
             }
+            "--workers" => options.workers = positive(&flag, &value()?)?,
             "--requests" => demo.requests = positive(&flag, &value()?)?,
             "--concurrency" => demo.concurrency = positive(&flag, &value()?)?,
             "--no-demo" | "--exit-after-demo" if inline.is_some() => {
@@ -202,6 +208,16 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Options>, Stri
     options.gateway.check(backends).map_err(|e| e.to_string())?;
     options.demo = (!no_demo).then_some(demo);
     Ok(Some(options))
+}
+
+/// The default worker count: `TOKIO_WORKER_THREADS`, as for a tokio runtime, or one per CPU.
+fn default_workers() -> usize {
+    std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .filter(|&n| n > 0)
+        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
+        .unwrap_or(1)
 }
 
 /// A whole number, for `flag`.
@@ -254,12 +270,16 @@ async fn run(options: Options) -> Result<ExitCode, String> {
     } else {
         options.backend_urls.clone()
     };
+    let config = GatewayConfig {
+        workers: options.workers,
+        ..options.gateway.clone()
+    };
     let app::Gateway {
         router,
         stats,
         endpoints: _endpoints,
-    } = app::gateway(&targets, &options.gateway).map_err(|e| e.to_string())?;
-    let gateway = Server::bind(options.listen, router).await.map_err(|e| {
+    } = app::gateway(&targets, &config).map_err(|e| e.to_string())?;
+    let gateway = Workers::start(options.listen, router, options.workers).map_err(|e| {
         format!(
             "cannot listen on {}: {e} (--listen 127.0.0.1:0 picks a free port)",
             options.listen
@@ -281,8 +301,10 @@ async fn run(options: Options) -> Result<ExitCode, String> {
         String::new()
     };
     println!(
-        "gateway listening on http://{} (strategy {}{weights}{key}, timeout {} ms, {} retries, ejection after {} failure{})",
+        "gateway listening on http://{} ({} worker{}, strategy {}{weights}{key}, timeout {} ms, {} retries, ejection after {} failure{})",
         gateway.addr(),
+        options.workers,
+        if options.workers == 1 { "" } else { "s" },
         config.strategy,
         config.timeout.as_millis(),
         config.retries,

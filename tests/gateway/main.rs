@@ -201,6 +201,57 @@ async fn round_robin_sends_each_of_three_backends_a_third_of_the_requests() {
     .await;
 }
 
+/// The example's own way of serving: worker threads with a listening socket each. Requests on
+/// separate connections land on both workers, which share one rotation; each worker forwards on
+/// connections of its own; stopping waits for both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_share_one_rotation_and_stop_cleanly() {
+    bounded(async {
+        let mut backends = Vec::new();
+        for i in 1..=3 {
+            let backend = spawn_backend(&format!("backend-{i}"), BackendOptions::default())
+                .await
+                .expect("a backend starts");
+            backends.push(backend);
+        }
+        let targets: Vec<Target> = backends.iter().map(Backend::target).collect();
+        let config = GatewayConfig {
+            workers: 2,
+            ..config(StrategyKind::RoundRobin)
+        };
+        let gateway = app::gateway(&targets, &config).expect("a valid configuration");
+        let workers = app::Workers::start(SocketAddr::from(([127, 0, 0, 1], 0)), gateway.router, 2)
+            .expect("the workers start");
+        // A new connection per request, so that the kernel spreads them over both sockets.
+        let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(0)
+            .build_http();
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for _ in 0..30 {
+            let request = Request::builder()
+                .uri(format!("http://{}/resize", workers.addr()))
+                .body(Full::new(Bytes::from_static(b"an image")))
+                .unwrap();
+            let response = client.request(request).await.expect("the gateway answers");
+            assert_eq!(response.status(), StatusCode::OK);
+            let upstream = response.headers()[app::UPSTREAM_HEADER]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            *seen.entry(upstream).or_default() += 1;
+        }
+        assert_eq!(
+            seen,
+            counts(&[("backend-1", 10), ("backend-2", 10), ("backend-3", 10)])
+        );
+        workers.stop().await.expect("the workers stop");
+        for backend in backends {
+            backend.stop().await.unwrap();
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn weighted_round_robin_gives_each_backend_its_weights_share() {
     bounded(async {
