@@ -17,6 +17,7 @@
 //!   `1 + i % 5`;
 //! - `tower_lb_round_robin_clone_per_request`: a fresh clone of the round robin balancer for every
 //!   request, as axum's router does, then `poll_ready` + `call` on the clone;
+//! - `arc_clone`: cloning and dropping an `Arc`, the reference for what a clone may add;
 //! - `tower_p2c_constant`: `tower::balance::p2c::Balance` over a `ServiceList` of the endpoints
 //!   wrapped in `tower::load::Constant`, the peer;
 //! - `tower_lb_p2c_in_flight` and `tower_p2c_pending_requests`: power of two choices on requests
@@ -91,13 +92,11 @@
 //! the buffered p2c answers, and, for `two_threads`, that round robin stays exact across two
 //! threads (each endpoint served exactly twice by `2 × N` concurrent requests).
 //!
-//! # Peers not included
+//! # Elsewhere
 //!
-//! `pingora-load-balancing` 0.9 (`LoadBalancer<RoundRobin>::select`) was considered. Its default
-//! features need no TLS, but it depends on `pingora-core`, whose `flate2` uses the `zlib-ng`
-//! backend (`libz-ng-sys`, built by cmake) and which also builds `zstd-sys` (C): without cmake it
-//! does not build ("is `cmake` not installed?"), and its tree holds some 165 crates. It is left out
-//! rather than make the benches, and CI, depend on cmake and a C toolchain.
+//! `pingora-load-balancing` needs cmake and C code to build (through `pingora-core`), so its
+//! comparison lives in a package of its own, `benches/peers`, which the main package's builds and
+//! CI never compile: see `scripts/bench-peers.sh`.
 //!
 //! # Running
 //!
@@ -530,6 +529,11 @@ fn balance(c: &mut Criterion) {
                 let mut balance = shared.clone();
                 black_box(request(&mut balance, black_box(7u64)))
             })
+        });
+
+        let arc = std::sync::Arc::new(n);
+        group.bench_function("arc_clone", |b| {
+            b.iter(|| drop(black_box(std::sync::Arc::clone(black_box(&arc)))))
         });
 
         bench_service(&mut group, "tower_p2c_constant", p2c_constant(n));
