@@ -82,7 +82,7 @@ impl<S: Service<Req>, Req, C> ResponseFuture<S, Req, C> {
         Self {
             kind: Kind::Called {
                 future,
-                in_flight,
+                in_flight: in_flight.map(InFlight::sent),
                 outcome,
             },
         }
@@ -142,7 +142,7 @@ where
             let next = match routed {
                 Routed::Called(future, in_flight, outcome) => Kind::Called {
                     future,
-                    in_flight,
+                    in_flight: in_flight.map(InFlight::sent),
                     outcome,
                 },
                 Routed::Failed(error) => Kind::Failed { error: Some(error) },

@@ -23,10 +23,10 @@ enum Count {
         total: Option<Arc<AtomicUsize>>,
     },
     /// A count by reference: holding the endpoint's latency cell is being counted. With timing,
-    /// when the request was sent and the estimate's decay rate.
+    /// the estimate's decay rate and when the request was sent (0 until it is).
     Held {
         latency: Arc<Latency>,
-        sent: Option<(u64, f64)>,
+        timing: Option<(f64, u64)>,
     },
 }
 
@@ -69,40 +69,61 @@ impl InFlight {
     pub(crate) fn hold(endpoint: &EndpointState) -> Self {
         Self(Count::Held {
             latency: Arc::clone(&endpoint.load),
-            sent: None,
+            timing: None,
         })
     }
 
-    /// Also measures the request's round trip, from now to [`InFlight::complete`], into the
+    /// Also measures the request's round trip, from [`InFlight::sent`] to its end, into the
     /// endpoint's peak-EWMA estimate with decay rate `rate` (the inverse of the decay period in
     /// nanoseconds). Only for held counts.
     pub(crate) fn timed(mut self, rate: f64) -> Self {
-        if let Count::Held { sent, .. } = &mut self.0 {
-            *sent = Some((now(), rate));
+        if let Count::Held { timing, .. } = &mut self.0 {
+            *timing = Some((rate, 0));
         }
         self
     }
 
-    /// The response arrived: records its round trip if timed, then releases the count.
-    pub(crate) fn complete(self) {
+    /// The request was sent to the endpoint: a timed count starts its clock. A reservation
+    /// dropped before its request was sent records nothing.
+    #[inline]
+    pub(crate) fn sent(mut self) -> Self {
         if let Count::Held {
-            latency,
-            sent: Some((sent, rate)),
-        } = &self.0
+            timing: Some((_, sent)),
+            ..
+        } = &mut self.0
         {
-            let at = now();
-            record_rtt(latency, at.saturating_sub(*sent) as f64, at, *rate);
+            *sent = now();
         }
+        self
+    }
+
+    /// The response arrived: records its round trip if timed, then releases the count (as
+    /// dropping the count does).
+    pub(crate) fn complete(self) {
+        drop(self);
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if let Count::Exact { endpoint, total } = &self.0 {
-            endpoint.in_flight.fetch_sub(1, Ordering::AcqRel);
-            if let Some(total) = total {
-                total.fetch_sub(1, Ordering::AcqRel);
+        match &self.0 {
+            Count::Exact { endpoint, total } => {
+                endpoint.in_flight.fetch_sub(1, Ordering::AcqRel);
+                if let Some(total) = total {
+                    total.fetch_sub(1, Ordering::AcqRel);
+                }
             }
+            // Completed or cancelled alike: a request dropped before its response (by a timeout
+            // in front of the balancer, say) still waited this long, and an endpoint that stops
+            // answering must look slow to peak EWMA rather than unmeasured.
+            Count::Held {
+                latency,
+                timing: Some((rate, sent)),
+            } if *sent != 0 => {
+                let at = now();
+                record_rtt(latency, at.saturating_sub(*sent) as f64, at, *rate);
+            }
+            Count::Held { .. } => {}
         }
     }
 }
@@ -259,7 +280,7 @@ mod tests {
         assert_eq!(total.load(Ordering::SeqCst), 0);
         let held = [
             InFlight::hold(&endpoint),
-            InFlight::hold(&endpoint).timed(1e-9),
+            InFlight::hold(&endpoint).timed(1e-9).sent(),
         ];
         assert_eq!(endpoint.requests(), 2);
         let [first, second] = held;
@@ -267,5 +288,27 @@ mod tests {
         second.complete();
         assert_eq!(endpoint.requests(), 0);
         assert!(f64::from_bits(endpoint.load.rtt.load(Ordering::SeqCst)) > 0.0);
+    }
+
+    #[test]
+    fn a_cancelled_request_records_how_long_it_waited_and_an_unsent_one_nothing() {
+        let endpoint = Arc::new(EndpointState::default());
+        // A reservation dropped before its request was sent measures nothing.
+        drop(InFlight::hold(&endpoint).timed(1e-9));
+        assert_eq!(
+            f64::from_bits(endpoint.load.rtt.load(Ordering::SeqCst)),
+            0.0
+        );
+
+        let held = InFlight::hold(&endpoint).timed(1e-9).sent();
+        let waited = std::time::Instant::now();
+        while waited.elapsed() < std::time::Duration::from_millis(2) {
+            std::hint::spin_loop();
+        }
+        // Dropped without a response, as a timeout drops a response future.
+        drop(held);
+        assert_eq!(endpoint.requests(), 0);
+        let rtt = f64::from_bits(endpoint.load.rtt.load(Ordering::SeqCst));
+        assert!(rtt >= 1.5e6, "recorded {rtt} ns");
     }
 }

@@ -957,14 +957,14 @@ fn error_chain(error: &(dyn Error + 'static)) -> String {
 ///
 /// Dropping it starts the shutdown in the background; [`Server::stop`] waits for it.
 #[derive(Debug)]
-#[cfg_attr(not(test), allow(dead_code))]
+#[allow(dead_code)] // Used by the tests only.
 pub struct Server {
     addr: SocketAddr,
     shutdown: oneshot::Sender<()>,
     task: JoinHandle<io::Result<()>>,
 }
 
-#[cfg_attr(not(test), allow(dead_code))]
+#[allow(dead_code)] // Used by the tests only.
 impl Server {
     /// Binds `addr` (port 0 picks a free port) and serves `router` on it.
     pub async fn bind(addr: SocketAddr, router: Router) -> io::Result<Self> {

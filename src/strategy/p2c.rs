@@ -96,7 +96,10 @@ impl PowerOfTwoChoices {
     /// `default_rtt` is the estimate of an endpoint until its first response; `decay` is how
     /// fast the estimate forgets: a faster response pulls it down by `1 - e^(-elapsed / decay)`
     /// of the difference, a slower one replaces it at once, and an estimate not refreshed for a
-    /// while decays towards zero so that the endpoint gets tried again.
+    /// while decays towards zero so that the endpoint gets tried again. A request cancelled
+    /// before its response (its future dropped, by a timeout for instance) counts as a round
+    /// trip of the time it waited, so an endpoint that stops answering looks slow, as with
+    /// tower's `PeakEwma`.
     ///
     /// # Errors
     ///
