@@ -59,7 +59,7 @@ async fn all_pending_returns_pending_and_wakes_when_one_becomes_ready() {
 }
 
 #[tokio::test]
-async fn pending_balancer_picks_anew_when_the_set_changes() {
+async fn pending_balancer_is_woken_and_picks_anew_when_the_set_changes() {
     let [a] = mocks(["a"]);
     a.set_readiness(Readiness::Pending);
     let mut svc = balance(std::slice::from_ref(&a));
@@ -69,6 +69,8 @@ async fn pending_balancer_picks_anew_when_the_set_changes() {
 
     let b = Mock::new("b");
     svc.endpoints().insert("b", b.clone());
+    // The change wakes the waiting caller: nothing else would, since `a` stays pending.
+    assert!(ready.is_woken());
     assert_ready_ok!(ready.enter(|cx, _| svc.poll_ready(cx)));
     assert_eq!(svc.call(()).await.unwrap(), "b");
     assert_eq!(a.calls(), 0);
