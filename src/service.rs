@@ -497,6 +497,9 @@ where
         let len = members.len();
         if len == 0 {
             self.pending.clear();
+            if self.waiter.is_some() {
+                self.shared.waiters.deregister(&mut self.waiter);
+            }
             self.reserved = Reserved::NoEndpoints;
             return Poll::Ready(Ok(()));
         }

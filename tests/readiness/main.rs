@@ -76,6 +76,24 @@ async fn pending_balancer_is_woken_and_picks_anew_when_the_set_changes() {
     assert_eq!(a.calls(), 0);
 }
 
+/// A caller waiting on the only endpoint when it is removed is woken, and its request fails fast
+/// with `NoEndpoints` rather than waiting on an endpoint that is gone.
+#[tokio::test]
+async fn waiting_caller_fails_fast_when_the_set_empties() {
+    let [a] = mocks(["a"]);
+    a.set_readiness(Readiness::Pending);
+    let mut svc = balance(std::slice::from_ref(&a));
+
+    let mut ready = task::spawn(());
+    assert_pending!(ready.enter(|cx, _| svc.poll_ready(cx)));
+    svc.endpoints().remove("a");
+    assert!(ready.is_woken());
+    assert_ready_ok!(ready.enter(|cx, _| svc.poll_ready(cx)));
+    let err = svc.call(()).await.unwrap_err();
+    assert!(err.is::<NoEndpoints>(), "{err}");
+    assert_eq!(a.calls(), 0);
+}
+
 #[tokio::test]
 async fn max_tries_bounds_the_candidates_polled() {
     let [a, b] = mocks(["a", "b"]);
