@@ -101,6 +101,16 @@ impl Walker {
         self.pass != Pass::Panic
     }
 
+    /// How the candidate just returned with `guard` is to be counted if the request has to wait
+    /// for it: the count is given back while it waits and taken again once it is ready.
+    pub(crate) fn admission(&self, guard: Option<InFlight>) -> Admission {
+        match guard {
+            None => Admission::Free,
+            Some(_) if self.pass == Pass::Bounded => Admission::UnderBound,
+            Some(_) => Admission::Counted,
+        }
+    }
+
     /// The next candidate not in `tried`, with its in-flight count when loads are bounded.
     pub(crate) fn next<S, C>(
         &mut self,
@@ -165,6 +175,18 @@ impl Walker {
     }
 }
 
+/// How a candidate the request waits for is counted once it is ready (bounded loads only): a
+/// waiting request is in flight nowhere yet, so it holds no count on the candidates it waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Admission {
+    /// Not counted: loads are not bounded.
+    Free,
+    /// Found under the load bound: counted only if it is still under the bound once ready.
+    UnderBound,
+    /// Found when every candidate was full: counted whatever its load.
+    Counted,
+}
+
 /// What outlier detection needs to record a request's outcome: the endpoint (by its index in the
 /// snapshot it was routed with) and the set, for the ejected share.
 pub(crate) struct Outcome<S> {
@@ -195,8 +217,8 @@ pub(crate) struct Routing<S, Req, C> {
     pub(crate) candidates: Arc<dyn Candidates<S>>,
     pub(crate) walker: Walker,
     pub(crate) request: Option<Req>,
-    /// Candidates waiting for readiness: index, service, in-flight count.
-    pub(crate) pending: Vec<(usize, S, Option<InFlight>)>,
+    /// Candidates waiting for readiness: index, service, and how to count it once ready.
+    pub(crate) pending: Vec<(usize, S, Admission)>,
     pub(crate) tried: Vec<u32>,
     pub(crate) max_tries: usize,
     pub(crate) error: Option<BoxError>,
@@ -265,8 +287,12 @@ where
             }
             match self.pending[i].1.poll_ready(cx) {
                 Poll::Ready(Ok(())) => {
-                    let (index, service, guard) = self.pending.swap_remove(i);
-                    return Poll::Ready(self.call(index, service, guard));
+                    let (index, service, admission) = self.pending.remove(i);
+                    match self.admit(index, admission) {
+                        Some(guard) => return Poll::Ready(self.call(index, service, guard)),
+                        // Full by now: passed over, as the walk passes over full endpoints.
+                        None => continue,
+                    }
                 }
                 Poll::Ready(Err(e)) => {
                     let (index, ..) = self.pending.remove(i);
@@ -287,7 +313,10 @@ where
             match service.poll_ready(cx) {
                 Poll::Ready(Ok(())) => return Poll::Ready(self.call(index, service, guard)),
                 Poll::Ready(Err(e)) => self.failed_readiness(index, e.into()),
-                Poll::Pending => self.pending.push((index, service, guard)),
+                Poll::Pending => {
+                    let admission = self.walker.admission(guard);
+                    self.pending.push((index, service, admission));
+                }
             }
         }
         if self.pending.is_empty() {
@@ -299,6 +328,22 @@ where
             Poll::Ready(Routed::Failed(error.into()))
         } else {
             Poll::Pending
+        }
+    }
+
+    /// The count of a request to `index`, a waited-for candidate now ready: `None` if it must
+    /// stay under the load bound and is full.
+    fn admit(&self, index: usize, admission: Admission) -> Option<Option<InFlight>> {
+        let state = self.candidates.state(index);
+        let total = self.candidates.total();
+        match (admission, self.walker.factor) {
+            (Admission::UnderBound, Some(factor)) => {
+                let current = total.load(std::sync::atomic::Ordering::Acquire);
+                let capacity = load::capacity(factor, current, self.candidates.len());
+                InFlight::try_acquire(state, total, capacity).map(Some)
+            }
+            (Admission::Counted, Some(_)) => Some(Some(InFlight::acquire_with_total(state, total))),
+            _ => Some(None),
         }
     }
 

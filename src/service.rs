@@ -679,7 +679,7 @@ where
                 });
                 return ResponseFuture::called(service.call(request), in_flight, outcome);
             }
-            Poll::Pending => pending.push((index, service, in_flight)),
+            Poll::Pending => pending.push((index, service, walker.admission(in_flight))),
             Poll::Ready(Err(e)) => {
                 if let Some(health) = health {
                     health.record(&member.state, true, snapshot.members.states());

@@ -426,6 +426,42 @@ async fn dropped_requests_release_their_in_flight_count() {
     assert_eq!(route(&svc, "hot").await, own);
 }
 
+/// A request waiting for busy endpoints is in flight nowhere yet: with bounded loads it holds no
+/// count on the endpoints it waits for, and is counted once, where it goes, when one is ready.
+#[tokio::test]
+async fn bounded_load_counts_a_waiting_request_only_where_it_goes() {
+    let servers: [Mock<Req>; 3] = mocks(["a", "b", "c"]);
+    for s in &servers {
+        s.set_readiness(Readiness::Pending);
+        s.hold(true);
+    }
+    let strategy = ConsistentHash::new(user_key()).bounded_load(1.25).unwrap();
+    let set = set_of(&servers);
+    let svc = BalanceLayer::new(strategy).layer(set.clone());
+
+    let mut response = task::spawn(svc.clone().oneshot(with_key("hot")));
+    assert_pending!(response.poll());
+    for s in &servers {
+        assert_eq!(
+            set.in_flight(s.name()),
+            Some(0),
+            "{} while waiting",
+            s.name()
+        );
+    }
+
+    servers[1].set_readiness(Readiness::Ready);
+    assert!(response.is_woken());
+    assert_pending!(response.poll());
+    let counts: Vec<_> = servers.iter().map(|s| set.in_flight(s.name())).collect();
+    assert_eq!(counts, [Some(0), Some(1), Some(0)], "counted where it went");
+    assert_eq!(servers[1].calls(), 1);
+
+    servers[1].release();
+    assert!(assert_ready!(response.poll()).is_ok());
+    assert_eq!(set.in_flight("b"), Some(0));
+}
+
 #[test]
 fn invalid_consistent_hash_options_are_rejected() {
     let err: InvalidConfig = ConsistentHash::new(user_key())
