@@ -10,8 +10,9 @@
 //!   ([`Endpoints::discovery_errors`]), and does not stop the driver: the set keeps its last
 //!   membership and the stream is polled again.
 //! - When the stream ends, the driver completes and the set keeps its last membership.
-//! - When the set and every balancer over it are gone, the driver completes at the stream's next
-//!   item: it holds the set weakly and never keeps it alive.
+//! - When the set and every balancer over it are gone, the driver completes at once, without
+//!   waiting for the stream's next item, and drops the stream: it holds the set weakly and never
+//!   keeps it alive.
 //! - Re-inserting a key replaces its service (keeping its weight unless the update gives one);
 //!   requests in flight on the old service complete on it.
 //!
@@ -143,6 +144,7 @@ where
         Follow {
             discover,
             set: std::sync::Arc::downgrade(&self.inner),
+            slot: None,
         }
     }
 
@@ -175,6 +177,17 @@ pin_project! {
         #[pin]
         discover: D,
         set: Weak<Inner<K, S>>,
+        // Its slot among the set's followers, woken when the set is dropped.
+        slot: Option<usize>,
+    }
+
+    impl<D, K, S> PinnedDrop for Follow<D, K, S> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(inner) = this.set.upgrade() {
+                inner.followers.deregister(this.slot);
+            }
+        }
     }
 }
 
@@ -190,6 +203,11 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let mut this = self.project();
+        // The set's drop wakes this task, so that a quiet stream does not keep it alive.
+        match this.set.upgrade() {
+            Some(inner) => inner.followers.register(this.slot, cx.waker()),
+            None => return Poll::Ready(()),
+        }
         // Gather what is ready now, to apply it as one change; a stream that never stops being
         // ready is cut into batches, and the task yields between them.
         let mut updates = Vec::new();

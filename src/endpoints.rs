@@ -71,6 +71,15 @@ pub(crate) struct Inner<K, S> {
     /// Errors from the discovery streams that feed this set, and the last one's text.
     pub(crate) discovery_errors: AtomicU64,
     pub(crate) last_discovery_error: Mutex<Option<String>>,
+    /// The discovery drivers feeding this set ([`Endpoints::follow`]), woken when it is dropped
+    /// so that they end without waiting for their stream's next item.
+    pub(crate) followers: crate::waiters::Waiters,
+}
+
+impl<K, S> Drop for Inner<K, S> {
+    fn drop(&mut self) {
+        self.followers.wake_all();
+    }
 }
 
 /// One immutable membership snapshot.
@@ -242,6 +251,7 @@ where
                 writer: Mutex::new(Vec::new()),
                 discovery_errors: AtomicU64::new(0),
                 last_discovery_error: Mutex::new(None),
+                followers: crate::waiters::Waiters::default(),
             }),
         }
     }
