@@ -44,7 +44,10 @@ pub(crate) const DEFAULT_MAX_TRIES: usize = 8;
 ///   it. An endpoint is never called before its own `poll_ready` returned `Ready(Ok(()))`.
 /// - A candidate that is not ready is passed over. If no candidate is ready but some are pending,
 ///   `poll_ready` returns `Pending` and keeps the pending candidates, so their wake-ups reach the
-///   caller; the next `poll_ready` polls them again (or picks anew if the set changed meanwhile).
+///   caller; the next `poll_ready` polls them again. A membership change wakes the caller too,
+///   and it then picks anew over the new set, as it does when a kept candidate was ejected
+///   meanwhile. Keyed requests waiting in their response future do the same, from the key's
+///   position in the new table.
 /// - A candidate whose `poll_ready` fails is passed over for this request only: it stays in the
 ///   set and is tried again by later requests.
 /// - When the set is empty, or every candidate failed, `poll_ready` still returns `Ready(Ok(()))`
