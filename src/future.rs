@@ -140,14 +140,12 @@ where
                 },
             };
             let next = match routed {
-                Routed::Called(future, in_flight, outcome) => Kind::Called {
-                    future,
-                    in_flight: in_flight.map(InFlight::sent),
-                    outcome,
-                },
-                Routed::Failed(error) => Kind::Failed { error: Some(error) },
+                Routed::Called(future, in_flight, outcome) => {
+                    Self::called(future, in_flight, outcome)
+                }
+                Routed::Failed(error) => Self::failed(error),
             };
-            self.as_mut().project().kind.set(next);
+            self.set(next);
         }
     }
 }

@@ -83,6 +83,13 @@ impl InFlight {
         self
     }
 
+    /// The response arrived: records its round trip if timed, then releases the count, as
+    /// dropping it does. Out of line, so that the release stays out of the caller's fast path.
+    #[inline(never)]
+    pub(crate) fn complete(self) {
+        drop(self);
+    }
+
     /// The request was sent to the endpoint: a timed count starts its clock. A reservation
     /// dropped before its request was sent records nothing.
     #[inline]
@@ -95,12 +102,6 @@ impl InFlight {
             *sent = now();
         }
         self
-    }
-
-    /// The response arrived: records its round trip if timed, then releases the count (as
-    /// dropping the count does).
-    pub(crate) fn complete(self) {
-        drop(self);
     }
 }
 

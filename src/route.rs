@@ -104,10 +104,11 @@ impl Walker {
     /// How the candidate just returned with `guard` is to be counted if the request has to wait
     /// for it: the count is given back while it waits and taken again once it is ready.
     pub(crate) fn admission(&self, guard: Option<InFlight>) -> Admission {
-        match guard {
-            None => Admission::Free,
-            Some(_) if self.pass == Pass::Bounded => Admission::UnderBound,
-            Some(_) => Admission::Counted,
+        drop(guard);
+        if self.pass == Pass::Bounded {
+            Admission::UnderBound
+        } else {
+            Admission::Counted
         }
     }
 
@@ -154,36 +155,47 @@ impl Walker {
             if tried.contains(&(owner as u32)) {
                 continue;
             }
-            let guard = match self.factor {
-                None => None,
-                Some(factor) => {
-                    let total = candidates.total();
-                    if self.pass == Pass::Bounded {
-                        let current = total.load(std::sync::atomic::Ordering::Acquire);
-                        let capacity = load::capacity(factor, current, candidates.len());
-                        match InFlight::try_acquire(state, total, capacity) {
-                            Some(guard) => Some(guard),
-                            None => continue,
-                        }
-                    } else {
-                        Some(InFlight::acquire_with_total(state, total))
-                    }
-                }
+            let Some(guard) = count(candidates, owner, self.factor, self.pass == Pass::Bounded)
+            else {
+                continue;
             };
             return Some((owner, guard));
         }
     }
 }
 
-/// How a candidate the request waits for is counted once it is ready (bounded loads only): a
+/// Counts a request against endpoint `index` of `candidates` when loads are bounded by `factor`:
+/// under the bound if `bounded` (`None` when the endpoint is full), whatever its load otherwise.
+/// `Some(None)` when loads are not bounded.
+fn count<S, C>(
+    candidates: &C,
+    index: usize,
+    factor: Option<f64>,
+    bounded: bool,
+) -> Option<Option<InFlight>>
+where
+    C: Candidates<S> + ?Sized,
+{
+    let Some(factor) = factor else {
+        return Some(None);
+    };
+    let state = candidates.state(index);
+    let total = candidates.total();
+    if !bounded {
+        return Some(Some(InFlight::acquire_with_total(state, total)));
+    }
+    let current = total.load(std::sync::atomic::Ordering::Acquire);
+    let capacity = load::capacity(factor, current, candidates.len());
+    InFlight::try_acquire(state, total, capacity).map(Some)
+}
+
+/// How a candidate the request waits for is counted once it is ready, when loads are bounded: a
 /// waiting request is in flight nowhere yet, so it holds no count on the candidates it waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Admission {
-    /// Not counted: loads are not bounded.
-    Free,
     /// Found under the load bound: counted only if it is still under the bound once ready.
     UnderBound,
-    /// Found when every candidate was full: counted whatever its load.
+    /// Found when every candidate was full (or in panic mode): counted whatever its load.
     Counted,
 }
 
@@ -196,7 +208,7 @@ pub(crate) struct Outcome<S> {
 }
 
 impl<S> Outcome<S> {
-    pub(crate) fn new(health: Arc<Health>, set: Arc<dyn Candidates<S>>, index: usize) -> Self {
+    fn new(health: Arc<Health>, set: Arc<dyn Candidates<S>>, index: usize) -> Self {
         Self { health, set, index }
     }
 
@@ -209,6 +221,22 @@ impl<S> Outcome<S> {
         let state = self.set.state(self.index);
         self.health.record(state, failed, states(&*self.set));
     }
+}
+
+/// A request goes to endpoint `index` of a set: counts the pick in the endpoint's statistics and,
+/// with outlier detection, returns what recording the request's outcome needs (`set` gives the
+/// set, and is called only then).
+#[inline]
+pub(crate) fn pick<S>(
+    health: Option<&Arc<Health>>,
+    state: &EndpointState,
+    index: usize,
+    set: impl FnOnce() -> Arc<dyn Candidates<S>>,
+) -> Option<Outcome<S>> {
+    state
+        .picks
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    health.map(|health| Outcome::new(Arc::clone(health), set(), index))
 }
 
 /// A keyed request whose first choice was not ready at once: it polls its candidates, first
@@ -245,15 +273,13 @@ where
 {
     pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Routed<S, Req, C>> {
         let routed = self.route(cx);
-        let waiters = self.membership.waiters();
+        let (membership, candidates) = (&self.membership, &self.candidates);
         if routed.is_pending() {
-            waiters.register(&mut self.waiter, cx.waker());
-            // A change published before the registration woke nobody: wake this task to see it.
-            if self.membership.version() != self.candidates.version() {
-                cx.waker().wake_by_ref();
-            }
+            membership.waiters().wait(&mut self.waiter, cx.waker(), || {
+                membership.version() != candidates.version()
+            });
         } else {
-            waiters.deregister(&mut self.waiter);
+            membership.waiters().deregister(&mut self.waiter);
         }
         routed
     }
@@ -334,17 +360,8 @@ where
     /// The count of a request to `index`, a waited-for candidate now ready: `None` if it must
     /// stay under the load bound and is full.
     fn admit(&self, index: usize, admission: Admission) -> Option<Option<InFlight>> {
-        let state = self.candidates.state(index);
-        let total = self.candidates.total();
-        match (admission, self.walker.factor) {
-            (Admission::UnderBound, Some(factor)) => {
-                let current = total.load(std::sync::atomic::Ordering::Acquire);
-                let capacity = load::capacity(factor, current, self.candidates.len());
-                InFlight::try_acquire(state, total, capacity).map(Some)
-            }
-            (Admission::Counted, Some(_)) => Some(Some(InFlight::acquire_with_total(state, total))),
-            _ => Some(None),
-        }
+        let bounded = admission == Admission::UnderBound;
+        count(&*self.candidates, index, self.walker.factor, bounded)
     }
 
     /// Starts the walk over, from `start`: nothing tried, nothing waited for.
@@ -364,12 +381,11 @@ where
 
     fn call(&mut self, index: usize, mut service: S, guard: Option<InFlight>) -> Routed<S, Req, C> {
         self.pending.clear();
-        let picks = &self.candidates.state(index).picks;
-        picks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let outcome = self.health.as_ref().map(|health| {
-            let outcome = Outcome::new(Arc::clone(health), Arc::clone(&self.candidates), index);
-            (outcome, self.classify.clone())
-        });
+        let state = self.candidates.state(index);
+        let outcome = pick(self.health.as_ref(), state, index, || {
+            Arc::clone(&self.candidates)
+        })
+        .map(|outcome| (outcome, self.classify.clone()));
         match self.request.take() {
             Some(request) => Routed::Called(service.call(request), guard, outcome),
             // Unreachable: a routing that called its endpoint is replaced by the call's future.

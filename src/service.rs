@@ -18,7 +18,7 @@ use crate::{
     future::ResponseFuture,
     health::{Classify, Errors, OutlierDetection},
     load::InFlight,
-    route::{Candidates, Membership, Outcome, Routing, Walker},
+    route::{pick, Candidates, Membership, Outcome, Routing, Walker},
     strategy::{Route, Strategy, Walk},
     waiters::Waiters,
     BoxError, Endpoints,
@@ -144,6 +144,20 @@ where
 struct Snapshot<T, K, S> {
     members: Arc<Members<K, S>>,
     table: T,
+}
+
+impl<T: Walk, K, S> Snapshot<T, K, S> {
+    /// Where the walk of a key hashed to `hash` starts, or what its request fails with: an empty
+    /// set, or a table that could not be built for it.
+    fn start(&self, hash: u64) -> Result<usize, BoxError> {
+        if self.members.len() == 0 {
+            return Err(NoEndpoints::new().into());
+        }
+        if let Some(error) = self.table.error() {
+            return Err(error.clone().into());
+        }
+        Ok(self.table.start(hash))
+    }
 }
 
 impl<St, K, S> Watch<K, S> for Shared<St, K, S>
@@ -317,16 +331,7 @@ where
 {
     /// Shares the strategy state and the endpoint set; the clone has no reservation of its own.
     fn clone(&self) -> Self {
-        Self {
-            shared: Arc::clone(&self.shared),
-            classify: self.classify.clone(),
-            cache: None,
-            reused: false,
-            reserved: Reserved::None,
-            pending: Vec::new(),
-            pending_version: 0,
-            waiter: None,
-        }
+        Self::from_shared(Arc::clone(&self.shared), self.classify.clone())
     }
 }
 
@@ -340,11 +345,8 @@ fn wait<St, K, S>(
 ) where
     St: Strategy<K>,
 {
-    shared.waiters.register(waiter, cx.waker());
-    // A change published before the registration woke nobody: wake this task to see it.
-    if shared.version.load(Ordering::Acquire) != version {
-        cx.waker().wake_by_ref();
-    }
+    let changed = || shared.version.load(Ordering::Acquire) != version;
+    shared.waiters.wait(waiter, cx.waker(), changed);
 }
 
 impl<St, K, S, C> Drop for Balance<St, K, S, C>
@@ -352,9 +354,7 @@ where
     St: Strategy<K>,
 {
     fn drop(&mut self) {
-        if self.waiter.is_some() {
-            self.shared.waiters.deregister(&mut self.waiter);
-        }
+        self.shared.waiters.deregister(&mut self.waiter);
     }
 }
 
@@ -456,13 +456,7 @@ where
 
     fn reroute(&self, hash: u64) -> Result<(Arc<dyn Candidates<S>>, usize), BoxError> {
         let snapshot = self.snapshot.load_full();
-        if snapshot.members.len() == 0 {
-            return Err(NoEndpoints::new().into());
-        }
-        if let Some(error) = snapshot.table.error() {
-            return Err(error.clone().into());
-        }
-        let start = snapshot.table.start(hash);
+        let start = snapshot.start(hash)?;
         Ok((snapshot, start))
     }
 
@@ -500,9 +494,7 @@ where
         let len = members.len();
         if len == 0 {
             self.pending.clear();
-            if self.waiter.is_some() {
-                self.shared.waiters.deregister(&mut self.waiter);
-            }
+            self.shared.waiters.deregister(&mut self.waiter);
             self.reserved = Reserved::NoEndpoints;
             return Poll::Ready(Ok(()));
         }
@@ -566,18 +558,15 @@ where
                 }
                 let member = &members.list[index];
                 if skip_ejected {
-                    if let Some(health) = health {
-                        if health.is_ejected(&member.state) {
-                            continue;
-                        }
-                        eligible_seen = true;
-                        // In slow start, the strategy's choice may pass its turn to the
-                        // endpoints after it.
-                        if step == 0 && !health.admits(member) {
-                            continue;
-                        }
+                    if health.is_some_and(|health| health.is_ejected(&member.state)) {
+                        continue;
                     }
                     eligible_seen = true;
+                    // In slow start, the strategy's choice may pass its turn to the endpoints
+                    // after it.
+                    if step == 0 && health.is_some_and(|health| !health.admits(member)) {
+                        continue;
+                    }
                 }
                 tried += 1;
                 let mut service = member.service.clone();
@@ -654,14 +643,12 @@ where
             None => return ResponseFuture::failed(MissingKey::new().into()),
         };
         let snapshot = current(&self.shared, &mut self.cache, !first_use);
-        if snapshot.members.len() == 0 {
-            return ResponseFuture::failed(NoEndpoints::new().into());
-        }
-        if let Some(error) = snapshot.table.error() {
-            return ResponseFuture::failed(error.clone().into());
-        }
+        let start = match snapshot.start(hash) {
+            Ok(start) => start,
+            Err(error) => return ResponseFuture::failed(error),
+        };
         let health = self.shared.health.as_deref();
-        let mut walker = Walker::new(snapshot.table.start(hash), strategy.load_factor());
+        let mut walker = Walker::new(start, strategy.load_factor());
         let Some((index, in_flight)) = walker.next::<S, _>(&*snapshot, &[], health) else {
             let error = AllEjected::new(snapshot.members.len());
             return ResponseFuture::failed(Unavailable::new(0, Some(error.into())).into());
@@ -675,11 +662,9 @@ where
         let mut error = None;
         match service.poll_ready(&mut noop) {
             Poll::Ready(Ok(())) => {
-                member.state.picks.fetch_add(1, Ordering::Relaxed);
-                let outcome = self.shared.health.as_ref().map(|health| {
-                    let outcome = Outcome::new(Arc::clone(health), snapshot.to_arc(), index);
-                    (outcome, self.classify.clone())
-                });
+                let health = self.shared.health.as_ref();
+                let outcome = pick(health, &member.state, index, || snapshot.to_arc())
+                    .map(|outcome| (outcome, self.classify.clone()));
                 return ResponseFuture::called(service.call(request), in_flight, outcome);
             }
             Poll::Pending => pending.push((index, service, walker.admission(in_flight))),
@@ -839,11 +824,9 @@ where
 {
     let member = &snapshot.members.list[index];
     let in_flight = shared.strategy.track(member, &snapshot.members.in_flight);
-    let outcome = shared
-        .health
-        .as_ref()
-        .map(|health| Outcome::new(Arc::clone(health), snapshot.to_arc(), index));
-    member.state.picks.fetch_add(1, Ordering::Relaxed);
+    let outcome = pick(shared.health.as_ref(), &member.state, index, || {
+        snapshot.to_arc()
+    });
     Reserved::Endpoint(service, in_flight, outcome)
 }
 

@@ -44,7 +44,22 @@ impl Waiters {
         }
     }
 
-    /// Gives `slot` back, if it holds one.
+    /// Registers `waker` in `slot` as the task starts waiting, then wakes it at once if
+    /// `changed` says a change was published before the registration, which woke nobody.
+    pub(crate) fn wait(
+        &self,
+        slot: &mut Option<usize>,
+        waker: &Waker,
+        changed: impl FnOnce() -> bool,
+    ) {
+        self.register(slot, waker);
+        if changed() {
+            waker.wake_by_ref();
+        }
+    }
+
+    /// Gives `slot` back, if it holds one; takes no lock otherwise.
+    #[inline]
     pub(crate) fn deregister(&self, slot: &mut Option<usize>) {
         if let Some(i) = slot.take() {
             let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
