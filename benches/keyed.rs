@@ -65,22 +65,21 @@
 //! third of `pingora_ketama`'s time (a bucket index, O(1) expected, against a binary search over
 //! 160 000 points); and `tower_lb_hash` takes at most 5 ns more than `crc32`.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::{
     collections::HashSet,
-    convert::Infallible,
     fmt::Debug,
-    future::{ready, Future, Ready},
     hint::black_box,
     net::{Ipv4Addr, SocketAddr},
-    pin::pin,
-    task::{Context, Poll},
     time::Duration,
 };
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkGroup, Criterion};
-use futures_util::task::noop_waker_ref;
 use http::{header::HeaderName, Request};
 use pingora_ketama::{Bucket, Continuum};
+use support::{request, Endpoint};
 use tower_layer::Layer;
 use tower_lb::{
     key::{self, Header},
@@ -100,34 +99,13 @@ const KEY_HEADER: &str = "x-user";
 
 type Wall<'a> = BenchmarkGroup<'a, criterion::measurement::WallTime>;
 
-/// An always-ready endpoint that answers at once, without allocating, with its id and the request
-/// itself, so that the request is freed after the timing rather than inside it.
-#[derive(Clone, Copy, Debug)]
-struct Endpoint {
-    id: u32,
-}
-
-impl Service<Request<()>> for Endpoint {
-    type Response = (u32, Request<()>);
-    type Error = Infallible;
-    type Future = Ready<Result<Self::Response, Infallible>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<()>) -> Self::Future {
-        ready(Ok((self.id, request)))
-    }
-}
-
 /// The address of endpoint `i`: 10.0.0.1:8080, 10.0.0.2:8080, …
 fn addr(i: usize) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::from(0x0A00_0001 + i as u32), 8080))
 }
 
 fn endpoints(n: usize) -> Endpoints<SocketAddr, Endpoint> {
-    Endpoints::from_iter((0..n).map(|i| (addr(i), Endpoint { id: i as u32 })))
+    Endpoints::from_iter((0..n).map(|i| (addr(i), Endpoint { id: i as u64 })))
 }
 
 fn key_header() -> Header {
@@ -160,28 +138,6 @@ fn keyed_request(key: &str) -> Request<()> {
         .header(KEY_HEADER, key)
         .body(())
         .expect("a valid request")
-}
-
-/// One request: `poll_ready`, `call`, and the response future polled to completion, all with a
-/// no-op waker. Panics if anything is pending or fails, which always-ready endpoints never do.
-#[inline(always)]
-fn request<S>(service: &mut S, request: Request<()>) -> S::Response
-where
-    S: Service<Request<()>>,
-    S::Error: Debug,
-{
-    let mut cx = Context::from_waker(noop_waker_ref());
-    match service.poll_ready(&mut cx) {
-        Poll::Ready(Ok(())) => {}
-        Poll::Ready(Err(e)) => panic!("poll_ready failed: {e:?}"),
-        Poll::Pending => panic!("poll_ready is pending"),
-    }
-    let future = pin!(service.call(request));
-    match future.poll(&mut cx) {
-        Poll::Ready(Ok(response)) => response,
-        Poll::Ready(Err(e)) => panic!("request failed: {e:?}"),
-        Poll::Pending => panic!("response is pending"),
-    }
 }
 
 /// Times `lookup` on the keys in turn, one per iteration.

@@ -39,8 +39,8 @@
 //! - `pingora_round_robin`: `LoadBalancer<selection::RoundRobin>::select(b"", 256)`;
 //! - `tower_lb_round_robin`: `poll_ready` + `call` + the response future polled to completion
 //!   through a `tower_lb::Balance` with `RoundRobin`, over always-ready endpoints that answer at
-//!   once without allocating (the endpoint of the main package's `benches/balance.rs`), polled by
-//!   hand with a no-op waker;
+//!   once without allocating (`benches/support`, shared with the main package's benches),
+//!   polled by hand with a no-op waker;
 //! - `pingora_random`: `LoadBalancer<selection::Random>::select(b"", 256)` (it draws from
 //!   `rand::thread_rng`);
 //! - `tower_lb_random`: the same request as `tower_lb_round_robin`, with `Random::new()` (its
@@ -98,34 +98,31 @@
 //! and reach most of it, that tower-lb's `Hash` maps a key to `crc32(key) % N` over the endpoints
 //! sorted by key bytes, and that every pingora selection returns a backend (all are healthy).
 
+#[path = "../../support/mod.rs"]
+mod support;
+
 use std::{
     collections::{BTreeMap, HashSet},
-    convert::Infallible,
-    fmt::Debug,
     fs,
-    future::{ready, Future, Ready},
     hint::black_box,
     net::{Ipv4Addr, SocketAddr},
     path::PathBuf,
-    pin::pin,
     sync::Mutex,
-    task::{Context, Poll},
     time::{Duration, SystemTime},
 };
 
 use criterion::{measurement::WallTime, BenchmarkGroup, Criterion};
-use futures_util::task::noop_waker_ref;
 use pingora_load_balancing::{
     selection::{BackendIter, BackendSelection, Consistent, FNVHash, Random, RoundRobin},
     Backend, LoadBalancer,
 };
+use support::{request, Endpoint};
 use tower_layer::Layer;
 use tower_lb::{
     key::{self, Path},
     strategy::{self, ConsistentHash, Hash, Strategy},
     Balance, BalanceLayer, EndpointKey, Endpoints,
 };
-use tower_service::Service;
 
 /// Backend counts, one criterion group each.
 const SIZES: [usize; 3] = [3, 100, 1000];
@@ -152,27 +149,6 @@ const PAIRS: [(&str, &str, &str); 4] = [
 
 /// The benchmarks that ran in this process, by group and name: the ratio table shows only these.
 static RAN: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
-
-/// An always-ready endpoint that answers at once, without allocating, with its id.
-#[derive(Clone, Copy, Debug)]
-struct Endpoint {
-    id: u64,
-}
-
-impl Service<u64> for Endpoint {
-    type Response = u64;
-    type Error = Infallible;
-    type Future = Ready<Result<u64, Infallible>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: u64) -> Self::Future {
-        black_box(request);
-        ready(Ok(self.id))
-    }
-}
 
 /// The address of backend `i`: 127.0.0.1:20000, 127.0.0.1:20001, …
 fn addr(i: usize) -> SocketAddr {
@@ -208,28 +184,6 @@ fn keys() -> Vec<String> {
 /// The address of a selected pingora backend.
 fn backend_addr(backend: &Backend) -> SocketAddr {
     *backend.as_inet().expect("an inet backend")
-}
-
-/// One request: `poll_ready`, `call`, and the response future polled to completion, all with a
-/// no-op waker. Panics if anything is pending or fails, which always-ready endpoints never do.
-#[inline(always)]
-fn request<S>(service: &mut S, request: u64) -> S::Response
-where
-    S: Service<u64>,
-    S::Error: Debug,
-{
-    let mut cx = Context::from_waker(noop_waker_ref());
-    match service.poll_ready(&mut cx) {
-        Poll::Ready(Ok(())) => {}
-        Poll::Ready(Err(e)) => panic!("poll_ready failed: {e:?}"),
-        Poll::Pending => panic!("poll_ready is pending"),
-    }
-    let future = pin!(service.call(request));
-    match future.poll(&mut cx) {
-        Poll::Ready(Ok(response)) => response,
-        Poll::Ready(Err(e)) => panic!("request failed: {e:?}"),
-        Poll::Pending => panic!("response is pending"),
-    }
 }
 
 /// Times `select` on the keys in turn, one per iteration, and records that `name` ran.
