@@ -12,8 +12,9 @@ gateway in front of them (round robin, and a second one with --strategy consiste
 query:key), and one nginx with the equivalent upstreams (round robin; hash $arg_key
 consistent), all on 127.0.0.1 ports picked free. Then runs wrk against the gateway, nginx and
 backend 1 directly, alternating (gateway, nginx, direct, gateway, nginx, direct, ...), and
-prints the median over the rounds of requests/s and of p99 latency, with the ratios
-gateway/nginx and gateway/direct. The consistent-hash runs request /?key=k1 .. /?key=k$KEYS in
+prints the median over the rounds of requests/s, of p99 latency and of the CPU time per
+request of the contender's own processes (user and system, from /proc: the proxy's, or the
+backends' for the direct runs), with the ratios gateway/nginx and gateway/direct. The consistent-hash runs request /?key=k1 .. /?key=k$KEYS in
 turn (a wrk Lua script); the round-robin runs request /.
 
 Installs nginx and wrk with apt-get if missing (root, Debian), builds the gateway example in
@@ -36,6 +37,10 @@ ENVIRONMENT (defaults in brackets):
     SKIP_INSTALL=1  do not apt-get install (nginx and wrk must be on PATH)
     GATEWAY_BIN     use this gateway binary instead of building the example
     KEEP_TMP=1      keep the temp dir (configs, logs, wrk outputs) and print its path
+    LEAN=1          also run benches/lean-proxy (a minimal HTTP/1.1 proxy over tower-lb,
+                    without hyper) in the round-robin rounds, as the reference for what
+                    the gateway's HTTP stack costs; built in release mode
+    LEAN_MODE       its mode: raw, timer or typed (see its source)                   [typed]
 
 Everything listens on 127.0.0.1 only. Every wrk run is bounded by `timeout`.
 EOF
@@ -156,6 +161,17 @@ else
 	[[ -n $GATEWAY_BIN && -x $GATEWAY_BIN ]] || die "could not find the built gateway binary"
 fi
 
+LEAN=${LEAN:-0}
+LEAN_MODE=${LEAN_MODE:-typed}
+[[ $LEAN_MODE =~ ^(raw|timer|typed)$ ]] || die "LEAN_MODE must be raw, timer or typed, got '$LEAN_MODE'"
+if [[ $LEAN == 1 ]]; then
+	log "building benches/lean-proxy (release)"
+	build_json=$(cd "$ROOT/benches/lean-proxy" && cargo build --release --message-format=json-render-diagnostics) ||
+		die "cargo build --release in benches/lean-proxy failed"
+	LEAN_BIN=$(grep -o '"executable":"[^"]*/tower-lb-lean-proxy"' <<<"$build_json" | tail -n1 | sed 's/^"executable":"//; s/"$//')
+	[[ -n $LEAN_BIN && -x $LEAN_BIN ]] || die "could not find the built lean proxy binary"
+fi
+
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/bench-e2e.XXXXXX")
 
 # ---------------------------------------------------------------------------------------------
@@ -226,6 +242,7 @@ log "starting 3 backends"
 # shellcheck disable=SC2086 # BACKEND_ARGS is a list of flags
 start_gateway backends "$BACKEND_WORKERS" --backends 3 --no-demo --listen 127.0.0.1:0 $BACKEND_ARGS
 wait_line "$TMP/backends.out" '^gateway listening on' "$STARTED_PID"
+BACKENDS_PID=$STARTED_PID
 mapfile -t BACKENDS < <(grep -Eo '^  backend-[0-9]+ +http://127\.0\.0\.1:[0-9]+' "$TMP/backends.out" | awk '{print $2}')
 ((${#BACKENDS[@]} == 3)) || die "expected 3 backend URLs in $TMP/backends.out"
 BACKEND_PORTS=("${BACKENDS[@]##*:}")
@@ -241,9 +258,11 @@ gateway_port() { sed -nE 's|^gateway listening on http://127\.0\.0\.1:([0-9]+).*
 log "starting the gateways ($WORKERS workers each)"
 start_gateway gw-rr "$WORKERS" "${backend_flags[@]}" --workers "$WORKERS" --strategy round-robin --listen 127.0.0.1:0 --no-demo
 wait_line "$TMP/gw-rr.out" '^gateway listening on' "$STARTED_PID"
+GW_RR_PID=$STARTED_PID
 GW_RR_PORT=$(gateway_port "$TMP/gw-rr.out")
 start_gateway gw-ch "$WORKERS" "${backend_flags[@]}" --workers "$WORKERS" --strategy consistent --key query:key --listen 127.0.0.1:0 --no-demo
 wait_line "$TMP/gw-ch.out" '^gateway listening on' "$STARTED_PID"
+GW_CH_PID=$STARTED_PID
 GW_CH_PORT=$(gateway_port "$TMP/gw-ch.out")
 wait_http "$GW_RR_PORT"
 wait_http "$GW_CH_PORT"
@@ -333,6 +352,19 @@ for attempt in 1 2 3 4 5; do
 done
 [[ -n $NGINX_PID ]] || die "nginx did not start"
 
+LEAN_PORT=""
+LEAN_PID=""
+if [[ $LEAN == 1 ]]; then
+	LEAN_PORT=$(free_port)
+	log "starting the lean proxy ($WORKERS workers, mode $LEAN_MODE) on port $LEAN_PORT"
+	"$LEAN_BIN" --mode "$LEAN_MODE" --workers "$WORKERS" --listen "127.0.0.1:$LEAN_PORT" "${BACKENDS[@]}" \
+		>"$TMP/lean.out" 2>&1 </dev/null &
+	LEAN_PID=$!
+	PIDS+=("$LEAN_PID")
+	wait_line "$TMP/lean.out" '^lean-proxy listening on' "$LEAN_PID"
+	wait_http "$LEAN_PORT"
+fi
+
 # ---------------------------------------------------------------------------------------------
 # Sanity: every contender answers, round robin reaches all 3 backends, and a key always goes to
 # the same backend.
@@ -391,21 +423,57 @@ parse_wrk() {
 	' "$1"
 }
 
+# CPU time used so far by the processes PID..., in clock ticks: "user system" (utime and stime
+# of /proc/PID/stat, read after the command name, which may hold spaces).
+CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
+cpu_ticks() {
+	local pid u=0 s=0 a b
+	for pid in "$@"; do
+		read -r a b < <(sed 's/^.*) //' "/proc/$pid/stat" | awk '{ print $12, $13 }') || continue
+		u=$((u + a))
+		s=$((s + b))
+	done
+	echo "$u $s"
+}
+
+# The processes whose CPU time is a contender's: the proxy's (nginx: its workers), or the
+# backends' for the direct runs.
+contender_pids() {
+	case $1 in
+	gateway) [[ $2 == round-robin ]] && echo "$GW_RR_PID" || echo "$GW_CH_PID" ;;
+	nginx) pgrep -P "$NGINX_PID" | tr '\n' ' ' ;;
+	lean) echo "$LEAN_PID" ;;
+	direct) echo "$BACKENDS_PID" ;;
+	esac
+}
+
 # Median of the numbers on stdin (mean of the two middle ones for an even count).
 median() { sort -g | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 
-declare -A RPS P99 ERR
+declare -A RPS P99 ERR USR SYS
 # bench LABEL: alternates gateway, nginx, direct for $ROUNDS rounds.
 bench() {
-	local label=$1 gw=$2 ng=$3 script=$4 r c port out
-	local -A ports=([gateway]=$gw [nginx]=$ng [direct]=$DIRECT_PORT)
+	local label=$1 gw=$2 ng=$3 script=$4 lean=${5:-} r c port out pids u0 s0 u1 s1 n
+	local -A ports=([gateway]=$gw [nginx]=$ng [direct]=$DIRECT_PORT [lean]=$lean)
+	local contenders=(gateway nginx direct)
+	[[ -z $lean ]] || contenders+=(lean)
 	for ((r = 1; r <= ROUNDS; r++)); do
-		for c in gateway nginx direct; do
+		for c in "${contenders[@]}"; do
 			port=${ports[$c]}
 			out="$TMP/wrk-$label-$c-$r.txt"
 			if ((WARMUP_S > 0)); then wrk_run "$out.warmup" "$port" "$script" "$WARMUP"; fi
+			pids=$(contender_pids "$c" "$label")
+			# shellcheck disable=SC2086 # a list of PIDs
+			read -r u0 s0 < <(cpu_ticks $pids)
 			wrk_run "$out" "$port" "$script" "$DURATION"
+			# shellcheck disable=SC2086
+			read -r u1 s1 < <(cpu_ticks $pids)
 			read -r rps p99 err < <(parse_wrk "$out")
+			n=$(awk '/ requests in / { print $1 }' "$out")
+			if [[ -n $n ]] && ((n > 0)); then
+				USR[$label/$c]+="$(awk -v t=$((u1 - u0)) -v n="$n" -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", t * 1e6 / hz / n }') "
+				SYS[$label/$c]+="$(awk -v t=$((s1 - s0)) -v n="$n" -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", t * 1e6 / hz / n }') "
+			fi
 			log "$label round $r/$ROUNDS: $c $rps req/s, p99 ${p99} ms, $err errors"
 			RPS[$label/$c]+="$rps "
 			P99[$label/$c]+="$p99 "
@@ -415,7 +483,7 @@ bench() {
 }
 
 log "wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency, warm-up $WARMUP, $ROUNDS rounds alternated"
-bench round-robin "$GW_RR_PORT" "$NGINX_RR_PORT" ""
+bench round-robin "$GW_RR_PORT" "$NGINX_RR_PORT" "" "$LEAN_PORT"
 bench consistent "$GW_CH_PORT" "$NGINX_CH_PORT" "$TMP/keys.lua"
 
 med() { tr ' ' '\n' <<<"$1" | grep . | median; }
@@ -431,21 +499,25 @@ for label in round-robin consistent; do
 	round-robin) echo "round robin (GET /):" ;;
 	consistent) echo "consistent hash by query key (GET /?key=k1..k$KEYS; gateway --key query:key, nginx hash \$arg_key consistent):" ;;
 	esac
-	printf '  %-10s %12s %10s %8s %14s %15s\n' contender 'requests/s' 'p99 ms' errors 'gateway/nginx' 'gateway/direct'
+	printf '  %-10s %12s %10s %8s %12s %12s %14s %15s\n' contender 'requests/s' 'p99 ms' errors 'user us/req' 'sys us/req' 'vs nginx' 'vs direct'
 	gw_rps=$(med "${RPS[$label/gateway]}")
 	ng_rps=$(med "${RPS[$label/nginx]}")
 	di_rps=$(med "${RPS[$label/direct]}")
 	gw_p99=$(med "${P99[$label/gateway]}")
 	ng_p99=$(med "${P99[$label/nginx]}")
 	di_p99=$(med "${P99[$label/direct]}")
-	for c in gateway nginx direct; do
+	contenders=(gateway nginx direct)
+	[[ $label != round-robin || -z $LEAN_PORT ]] || contenders+=(lean)
+	for c in "${contenders[@]}"; do
 		rps=$(med "${RPS[$label/$c]}")
 		p99=$(med "${P99[$label/$c]}")
-		printf '  %-10s %12.0f %10.2f %8d' "$c" "$rps" "$p99" "${ERR[$label/$c]}"
-		if [[ $c == gateway ]]; then
-			printf ' %14s %15s' "$(ratio "$gw_rps" "$ng_rps")" "$(ratio "$gw_rps" "$di_rps")"
+		printf '  %-10s %12.0f %10.2f %8d %12s %12s' "$c" "$rps" "$p99" "${ERR[$label/$c]}" \
+			"$(med "${USR[$label/$c]:-}")" "$(med "${SYS[$label/$c]:-}")"
+		if [[ $c == gateway || $c == lean ]]; then
+			# The lean proxy's row has its own ratios, to nginx and to the direct backend.
+			printf ' %14s %15s' "$(ratio "$rps" "$ng_rps")" "$(ratio "$rps" "$di_rps")"
 		fi
 		echo
 	done
-	printf '  %-10s %12s %10s %8s %14s %15s\n' 'p99 ratio' '' '' '' "$(ratio "$gw_p99" "$ng_p99")" "$(ratio "$gw_p99" "$di_p99")"
+	printf '  %-10s %12s %10s %8s %12s %12s %14s %15s\n' 'p99 ratio' '' '' '' '' '' "$(ratio "$gw_p99" "$ng_p99")" "$(ratio "$gw_p99" "$di_p99")"
 done
