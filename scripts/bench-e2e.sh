@@ -369,7 +369,7 @@ fi
 # Sanity: every contender answers, round robin reaches all 3 backends, and a key always goes to
 # the same backend.
 handled_by() { http_get "$1" "$2" | sed -nE 's/^Request handled by: (.*)$/\1/p' | tr -d '\r'; }
-for port in "$GW_RR_PORT" "$NGINX_RR_PORT"; do
+for port in "$GW_RR_PORT" "$NGINX_RR_PORT" ${LEAN_PORT:+"$LEAN_PORT"}; do
 	seen=$(for _ in 1 2 3 4 5 6; do handled_by "$port" /; done | sort -u | wc -l)
 	((seen == 3)) || die "round robin on port $port reached $seen backends, not 3"
 done
