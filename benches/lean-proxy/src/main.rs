@@ -497,6 +497,38 @@ async fn exchange_on(
 
 // ---------------------------------------------------------------- raw connection loop
 
+/// What a failed exchange is answered with: 504 if it timed out, 502 otherwise.
+fn failure_response(timed_out: bool) -> &'static [u8] {
+    if timed_out {
+        TIMED_OUT
+    } else {
+        BAD_GATEWAY
+    }
+}
+
+/// Writes the responses gathered in `out`, then, unless the connection is `done`, reads more of
+/// it into `buf`: false when the connection is over.
+async fn flush_and_read(
+    c: &mut TcpStream,
+    out: &mut Vec<u8>,
+    buf: &mut BytesMut,
+    done: bool,
+) -> bool {
+    if !out.is_empty() {
+        if c.write_all(out).await.is_err() {
+            return false;
+        }
+        out.clear();
+    }
+    if done {
+        return false;
+    }
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(8192);
+    }
+    matches!(c.read_buf(buf).await, Ok(n) if n > 0)
+}
+
 const BAD_GATEWAY: &[u8] =
     b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
 const TIMED_OUT: &[u8] =
@@ -553,31 +585,14 @@ async fn conn_raw(mut c: TcpStream, w: Rc<Worker>, mut bal: RawBalance) {
                     }
                 }
                 Err(e) => {
-                    out.extend_from_slice(if e.kind() == io::ErrorKind::TimedOut {
-                        TIMED_OUT
-                    } else {
-                        BAD_GATEWAY
-                    });
+                    out.extend_from_slice(failure_response(e.kind() == io::ErrorKind::TimedOut));
                     done = true;
                     break;
                 }
             }
         }
-        if !out.is_empty() {
-            if c.write_all(&out).await.is_err() {
-                return;
-            }
-            out.clear();
-        }
-        if done {
+        if !flush_and_read(&mut c, &mut out, &mut buf, done).await {
             return;
-        }
-        if buf.capacity() - buf.len() < 1024 {
-            buf.reserve(8192);
-        }
-        match c.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
         }
     }
 }
@@ -623,31 +638,16 @@ async fn conn_typed(mut c: TcpStream, _w: Rc<Worker>, mut svc: TypedStack) {
                     }
                 }
                 Err(e) => {
-                    out.extend_from_slice(if e.is::<tower::timeout::error::Elapsed>() {
-                        TIMED_OUT
-                    } else {
-                        BAD_GATEWAY
-                    });
+                    out.extend_from_slice(failure_response(
+                        e.is::<tower::timeout::error::Elapsed>(),
+                    ));
                     done = true;
                     break;
                 }
             }
         }
-        if !out.is_empty() {
-            if c.write_all(&out).await.is_err() {
-                return;
-            }
-            out.clear();
-        }
-        if done {
+        if !flush_and_read(&mut c, &mut out, &mut buf, done).await {
             return;
-        }
-        if buf.capacity() - buf.len() < 1024 {
-            buf.reserve(8192);
-        }
-        match c.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
         }
     }
 }
