@@ -668,32 +668,44 @@ fn build_request(
     let body = buf.split_to(info.body_len).freeze();
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
-    req.parse(&head).map_err(|_| {
-        &b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"[..]
-    })?;
     const BAD: &[u8] =
         b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+    req.parse(&head).map_err(|_| BAD)?;
     let mut b = http::Request::builder()
         .method(http::Method::from_bytes(req.method.unwrap().as_bytes()).map_err(|_| BAD)?)
         .uri(
             http::Uri::from_maybe_shared(head.slice_ref(req.path.unwrap().as_bytes()))
                 .map_err(|_| BAD)?,
         )
-        .version(if req.version == Some(0) {
-            http::Version::HTTP_10
-        } else {
-            http::Version::HTTP_11
-        });
-    let hm = b.headers_mut().unwrap();
-    hm.reserve(req.headers.len());
-    for h in req.headers.iter() {
-        let name = http::HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| BAD)?;
-        let value =
-            http::HeaderValue::from_maybe_shared(head.slice_ref(h.value)).map_err(|_| BAD)?;
-        hm.append(name, value);
-    }
+        .version(version(req.version));
+    append_headers(b.headers_mut().unwrap(), req.headers, &head).ok_or(BAD)?;
     let r = b.body(body).map_err(|_| BAD)?;
     Ok(Some((r, info.close)))
+}
+
+/// The version httparse read: minor version 0 is HTTP/1.0, anything else HTTP/1.1.
+fn version(minor: Option<u8>) -> http::Version {
+    if minor == Some(0) {
+        http::Version::HTTP_10
+    } else {
+        http::Version::HTTP_11
+    }
+}
+
+/// Appends the headers httparse read to `map`, their values sharing `src`, the buffer they were
+/// parsed from: `None` if a name or value is not valid.
+fn append_headers(
+    map: &mut http::HeaderMap,
+    headers: &[httparse::Header<'_>],
+    src: &Bytes,
+) -> Option<()> {
+    map.reserve(headers.len());
+    for h in headers {
+        let name = http::HeaderName::from_bytes(h.name.as_bytes()).ok()?;
+        let value = http::HeaderValue::from_maybe_shared(src.slice_ref(h.value)).ok()?;
+        map.append(name, value);
+    }
+    Some(())
 }
 
 fn write_request(req: &http::Request<Bytes>, out: &mut Vec<u8>) {
@@ -762,18 +774,7 @@ async fn typed_exchange(
     };
     let mut b = http::Response::builder()
         .status(resp.code.unwrap_or(502))
-        .version(if resp.version == Some(0) {
-            http::Version::HTTP_10
-        } else {
-            http::Version::HTTP_11
-        });
-    let hm = b.headers_mut().unwrap();
-    hm.reserve(resp.headers.len());
-    for h in resp.headers.iter() {
-        let name = http::HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| bad())?;
-        let value =
-            http::HeaderValue::from_maybe_shared(raw.slice_ref(h.value)).map_err(|_| bad())?;
-        hm.append(name, value);
-    }
+        .version(version(resp.version));
+    append_headers(b.headers_mut().unwrap(), resp.headers, &raw).ok_or_else(bad)?;
     b.body(raw.slice(head_len..)).map_err(|_| bad())
 }
