@@ -1,5 +1,6 @@
-//! The gateway: an axum router that forwards every request to one backend, picked by tower-lb,
-//! through `tower::timeout` and `tower::retry`.
+//! The gateway: forwards every request to one backend, picked by tower-lb, through
+//! `tower::timeout` and `tower::retry`, on an HTTP/1.1 engine of its own ([`crate::proxy`] for
+//! clients, [`crate::upstream`] for backends).
 //!
 //! # Errors, as the client sees them
 //!
@@ -52,36 +53,19 @@ use std::{
     error::Error,
     fmt,
     future::{ready, Ready},
-    io,
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
     str::FromStr,
     sync::Arc,
-    task::{Context, Poll},
     time::Duration,
 };
 
-use axum::{
-    body::Body,
-    extract::{ConnectInfo, Request as AxumRequest, State},
-    http::{
-        header::{self, HeaderName},
-        uri::{Authority, PathAndQuery},
-        HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri,
-    },
-    Router,
+use axum::http::{
+    header::HeaderName,
+    uri::{Authority, PathAndQuery},
+    Method, Request, Response, StatusCode, Uri,
 };
-use bytes::Bytes;
-use futures_util::future::BoxFuture;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
-use hyper::body::Incoming;
-use hyper_util::{
-    client::legacy::{connect::HttpConnector, Client},
-    rt::TokioExecutor,
-};
-use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tower::{
-    retry::Policy, timeout::error::Elapsed, util::BoxCloneSyncService, Layer, Service,
-    ServiceBuilder, ServiceExt,
+    retry::Policy, timeout::error::Elapsed, util::BoxCloneSyncService, Layer, ServiceBuilder,
 };
 use tower_lb::{
     error::{InvalidConfig, InvalidWeight, MissingKey, NoEndpoints, Unavailable},
@@ -89,6 +73,12 @@ use tower_lb::{
     key,
     strategy::{ConsistentHash, Hash, RoundRobin, Route, WeightedRoundRobin},
     BalanceLayer, BoxError, EndpointStats, Endpoints,
+};
+
+pub use crate::upstream::HttpEndpoint;
+use crate::{
+    proxy::Proxy,
+    upstream::{Outbound, Upstream},
 };
 
 /// The largest request body the gateway accepts by default: bodies are buffered so that a retry
@@ -416,14 +406,14 @@ impl Error for ConfigError {
 }
 
 /// The balanced stack behind the router, the same type for every strategy.
-pub type GatewayService = BoxCloneSyncService<Request<Bytes>, Response<Incoming>, BoxError>;
+pub type GatewayService = BoxCloneSyncService<Request<Outbound>, Response<Upstream>, BoxError>;
 
 /// A built gateway: see [`gateway`].
 #[derive(Debug)]
 pub struct Gateway {
-    /// Forwards every request. Serve it with [`Server`] (or with axum's connect info, which gives
-    /// `x-forwarded-for`).
-    pub router: Router,
+    /// Forwards every request: serve it with [`Workers`](crate::proxy::Workers) or
+    /// [`Server`](crate::proxy::Server).
+    pub proxy: Proxy,
     /// The endpoint set balanced over (keyed by [`Target::key`]): its handle inserts or removes
     /// backends at runtime.
     pub endpoints: Endpoints<String, HttpEndpoint>,
@@ -486,13 +476,12 @@ pub fn gateway(targets: &[Target], config: &GatewayConfig) -> Result<Gateway, Co
             config,
         ),
     };
-    let state = GatewayState {
-        service,
-        max_body_bytes: config.max_body_bytes,
+    let key_header = match (&config.strategy.is_keyed(), &config.key) {
+        (true, KeySource::Header(name)) => Some(name.clone()),
+        _ => None,
     };
-    let router = Router::new().fallback(forward).with_state(state);
     Ok(Gateway {
-        router,
+        proxy: Proxy::new(service, config.max_body_bytes, key_header),
         endpoints,
         stats,
     })
@@ -511,11 +500,11 @@ fn stack<St>(
     config: &GatewayConfig,
 ) -> (GatewayService, Stats)
 where
-    St: Route<String, Request<Bytes>> + Clone,
+    St: Route<String, Request<Outbound>> + Clone,
 {
     let balance = BalanceLayer::new(strategy)
         .outlier_detection(detection.clone())
-        .classify(is_backend_failure::<Incoming>)
+        .classify(is_backend_failure::<Upstream>)
         .layer(endpoints.clone());
     // A clone shares the counts and the ejections; one that is never polled pins nothing.
     let observed = balance.clone();
@@ -560,105 +549,6 @@ impl fmt::Debug for Stats {
     }
 }
 
-/// One backend as an endpoint of the set: hyper-util clients (each with its own connection
-/// pool) and the backend's address. Cheap to clone: clones share the pools.
-///
-/// A gateway served by [`Workers`] gives each worker thread a pool of its own, so that a request
-/// goes out on a connection driven by the thread that serves it, instead of waking another
-/// thread that drives that connection. Other threads share one more pool.
-#[derive(Clone)]
-pub struct HttpEndpoint {
-    key: Arc<str>,
-    /// The key as a header value, made once rather than per response.
-    key_header: HeaderValue,
-    authority: Authority,
-    clients: Arc<[Client<HttpConnector, Full<Bytes>>]>,
-}
-
-impl HttpEndpoint {
-    /// An endpoint for `target`, whose connections must be made within `connect_timeout`, with a
-    /// connection pool for each of `workers` worker threads and one for other threads.
-    pub fn new(target: &Target, connect_timeout: Duration, workers: usize) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(connect_timeout));
-        let clients = (0..=workers)
-            .map(|_| Client::builder(TokioExecutor::new()).build(connector.clone()))
-            .collect();
-        Self {
-            key: target.key.as_str().into(),
-            key_header: HeaderValue::from_str(&target.key)
-                .unwrap_or_else(|_| HeaderValue::from_static("?")),
-            authority: target.authority.clone(),
-            clients,
-        }
-    }
-
-    /// The pool of the calling thread.
-    fn client(&self) -> &Client<HttpConnector, Full<Bytes>> {
-        let worker = WORKER.with(std::cell::Cell::get);
-        self.clients.get(worker).unwrap_or(&self.clients[0])
-    }
-}
-
-thread_local! {
-    /// The number of the [`Workers`] thread this is (from 1), 0 on other threads.
-    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-}
-
-impl fmt::Debug for HttpEndpoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HttpEndpoint")
-            .field("key", &self.key)
-            .field("authority", &self.authority)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Service<Request<Bytes>> for HttpEndpoint {
-    type Response = Response<Incoming>;
-    type Error = BoxError;
-    type Future = BoxFuture<'static, Result<Response<Incoming>, BoxError>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        // The client is always ready: its pool queues requests. Failing backends are the
-        // balancer's to eject, from the outcomes of the requests.
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<Bytes>) -> Self::Future {
-        let (mut parts, body) = request.into_parts();
-        // Only the configured backend's address goes into the URI: the request's own Host or
-        // absolute URI never chooses where it goes.
-        let mut uri = parts.uri.into_parts();
-        uri.scheme = Some(axum::http::uri::Scheme::HTTP);
-        uri.authority = Some(self.authority.clone());
-        if uri.path_and_query.is_none() {
-            uri.path_and_query = Some(PathAndQuery::from_static("/"));
-        }
-        parts.uri = Uri::from_parts(uri).expect("scheme, authority and path make a valid URI");
-        let sent = self
-            .client()
-            .request(Request::from_parts(parts, Full::new(body)));
-
-        let key = Arc::clone(&self.key);
-        let key_header = self.key_header.clone();
-        Box::pin(async move {
-            match sent.await {
-                Ok(mut response) => {
-                    let name = HeaderName::from_static(UPSTREAM_HEADER);
-                    response.headers_mut().insert(name, key_header);
-                    Ok(response)
-                }
-                Err(error) if error.is_connect() => {
-                    Err(BackendError::new(&key, Failure::Connect, error.into()).into())
-                }
-                Err(error) => Err(BackendError::new(&key, Failure::Exchange, error.into()).into()),
-            }
-        })
-    }
-}
-
 /// How a request to one backend failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Failure {
@@ -677,7 +567,8 @@ pub struct BackendError {
 }
 
 impl BackendError {
-    fn new(backend: &Arc<str>, failure: Failure, source: BoxError) -> Self {
+    /// A failure of `backend` (its key).
+    pub fn new(backend: &Arc<str>, failure: Failure, source: BoxError) -> Self {
         Self {
             backend: Arc::clone(backend),
             failure,
@@ -750,13 +641,13 @@ impl RetryPolicy {
     }
 }
 
-impl Policy<Request<Bytes>, Response<Incoming>, BoxError> for RetryPolicy {
+impl Policy<Request<Outbound>, Response<Upstream>, BoxError> for RetryPolicy {
     type Future = Ready<()>;
 
     fn retry(
         &mut self,
-        request: &mut Request<Bytes>,
-        result: &mut Result<Response<Incoming>, BoxError>,
+        request: &mut Request<Outbound>,
+        result: &mut Result<Response<Upstream>, BoxError>,
     ) -> Option<Ready<()>> {
         self.attempts += 1;
         let Err(error) = result else {
@@ -780,14 +671,14 @@ impl Policy<Request<Bytes>, Response<Incoming>, BoxError> for RetryPolicy {
         None
     }
 
-    fn clone_request(&mut self, request: &Request<Bytes>) -> Option<Request<Bytes>> {
-        // The body is `Bytes`: cloning it is a reference count, not a copy.
+    fn clone_request(&mut self, request: &Request<Outbound>) -> Option<Request<Outbound>> {
+        // The head and body are `Bytes`: cloning them is a reference count, not a copy.
         (self.retries > 0).then(|| request.clone())
     }
 }
 
 /// Methods that a server may receive twice with the effect of once (RFC 9110, 9.2.2).
-fn is_idempotent(method: &Method) -> bool {
+pub fn is_idempotent(method: &Method) -> bool {
     matches!(
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
@@ -818,131 +709,8 @@ pub fn status_for(error: &BoxError) -> StatusCode {
     }
 }
 
-/// Hop-by-hop headers (RFC 9110, 7.6.1), plus the non-standard `Proxy-Connection`: they describe
-/// one connection, not the message, so a proxy drops them.
-static HOP_BY_HOP: [HeaderName; 9] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
-/// Removes the hop-by-hop headers, and the headers that `Connection` names, from `headers`.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|name| HeaderName::from_str(name.trim()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(name);
-    }
-}
-
-#[derive(Clone)]
-struct GatewayState {
-    service: GatewayService,
-    max_body_bytes: usize,
-}
-
-/// The one handler: buffer the body (bounded), rewrite the headers, send through the balanced
-/// stack, and pass the response back (streamed) or map the error to a status.
-async fn forward(State(state): State<GatewayState>, request: AxumRequest) -> Response<Body> {
-    let client = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|info| info.0.ip());
-    let (parts, body) = request.into_parts();
-    if parts.method == Method::CONNECT {
-        // A reverse proxy for its own backends does not open tunnels to anywhere.
-        let message = "CONNECT is not supported: this gateway is not a forward proxy";
-        return error_response(StatusCode::METHOD_NOT_ALLOWED, message);
-    }
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > state.max_body_bytes as u64) {
-        return too_large(state.max_body_bytes);
-    }
-    let body = match Limited::new(body, state.max_body_bytes).collect().await {
-        Ok(body) => body.to_bytes(),
-        Err(error) if error.is::<LengthLimitError>() => return too_large(state.max_body_bytes),
-        Err(error) => {
-            let message = format!("could not read the request body: {error}");
-            return error_response(StatusCode::BAD_REQUEST, &message);
-        }
-    };
-
-    let mut headers = parts.headers;
-    let host = headers.remove(header::HOST);
-    strip_hop_by_hop(&mut headers);
-    // The body is buffered: hyper sets the length from it.
-    headers.remove(header::CONTENT_LENGTH);
-    add_forwarded(&mut headers, client, host);
-    let mut outbound = Request::new(body);
-    *outbound.method_mut() = parts.method;
-    // Origin form: path and query only (the endpoint adds its own address).
-    *outbound.uri_mut() = match parts.uri.path_and_query() {
-        Some(path) => Uri::from(path.clone()),
-        None => Uri::from_static("/"),
-    };
-    *outbound.headers_mut() = headers;
-
-    match state.service.oneshot(outbound).await {
-        Ok(response) => {
-            let (mut parts, body) = response.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
-            Response::from_parts(parts, Body::new(body))
-        }
-        Err(error) => error_response(status_for(&error), &error_chain(&*error)),
-    }
-}
-
-/// `x-forwarded-for` (the client appended to any earlier proxies), `x-forwarded-host` (the Host
-/// the client asked for, since the backend gets its own) and `x-forwarded-proto`.
-fn add_forwarded(headers: &mut HeaderMap, client: Option<IpAddr>, host: Option<HeaderValue>) {
-    if let Some(client) = client {
-        let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(earlier) => format!("{earlier}, {client}"),
-            None => client.to_string(),
-        };
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            headers.insert("x-forwarded-for", value);
-        }
-    }
-    if let Some(host) = host {
-        headers.entry("x-forwarded-host").or_insert(host);
-    }
-    headers
-        .entry("x-forwarded-proto")
-        .or_insert(HeaderValue::from_static("http"));
-}
-
-fn too_large(limit: usize) -> Response<Body> {
-    let message = format!("the request body is larger than {limit} bytes");
-    error_response(StatusCode::PAYLOAD_TOO_LARGE, &message)
-}
-
-fn error_response(status: StatusCode, message: &str) -> Response<Body> {
-    let mut response = Response::new(Body::from(format!("{status}: {message}\n")));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
-}
-
 /// The error and its sources, `outer: inner: innermost`.
-fn error_chain(error: &(dyn Error + 'static)) -> String {
+pub fn error_chain(error: &(dyn Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(error) = source {
@@ -950,149 +718,4 @@ fn error_chain(error: &(dyn Error + 'static)) -> String {
         source = error.source();
     }
     text
-}
-
-/// A running HTTP server with graceful shutdown, on the caller's tokio runtime: the tests serve
-/// the gateway with it (the example serves with [`Workers`]).
-///
-/// Dropping it starts the shutdown in the background; [`Server::stop`] waits for it.
-#[derive(Debug)]
-#[allow(dead_code)] // Used by the tests only.
-pub struct Server {
-    addr: SocketAddr,
-    shutdown: oneshot::Sender<()>,
-    task: JoinHandle<io::Result<()>>,
-}
-
-#[allow(dead_code)] // Used by the tests only.
-impl Server {
-    /// Binds `addr` (port 0 picks a free port) and serves `router` on it.
-    pub async fn bind(addr: SocketAddr, router: Router) -> io::Result<Self> {
-        Self::start(TcpListener::bind(addr).await?, router)
-    }
-
-    /// Serves `router` on `listener`, with the client's address available to handlers (for
-    /// `x-forwarded-for`).
-    pub fn start(listener: TcpListener, router: Router) -> io::Result<Self> {
-        let addr = listener.local_addr()?;
-        let (shutdown, signal) = oneshot::channel::<()>();
-        let service = router.into_make_service_with_connect_info::<SocketAddr>();
-        let task = tokio::spawn(async move {
-            axum::serve(listener, service)
-                // A dropped sender is a signal too: dropping the `Server` shuts it down.
-                .with_graceful_shutdown(async {
-                    let _ = signal.await;
-                })
-                .await
-        });
-        Ok(Self {
-            addr,
-            shutdown,
-            task,
-        })
-    }
-
-    /// The address it listens on.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// Stops accepting connections (the listener is closed, so new connections are refused),
-    /// closes idle connections and waits for the requests in flight to complete.
-    pub async fn stop(self) -> io::Result<()> {
-        drop(self.shutdown);
-        self.task.await.map_err(io::Error::other)?
-    }
-}
-
-/// The gateway served by worker threads, each with a single-threaded tokio runtime and a
-/// listening socket of its own on the same address (`SO_REUSEPORT`: the kernel spreads the
-/// connections over them), the way nginx's worker processes serve: a connection is read,
-/// forwarded and answered on one thread, with its own backend connections
-/// ([`GatewayConfig::workers`]), so that no task moves between threads and no thread wakes
-/// another. The balancer is one for all: the round-robin cursor, the ejections and the
-/// statistics are shared.
-///
-/// Dropping it starts the shutdown in the background; [`Workers::stop`] waits for it.
-#[derive(Debug)]
-pub struct Workers {
-    addr: SocketAddr,
-    shutdown: tokio::sync::watch::Sender<bool>,
-    threads: Vec<std::thread::JoinHandle<io::Result<()>>>,
-}
-
-impl Workers {
-    /// Binds `addr` (port 0 picks a free port) once per worker and serves `router` on
-    /// `workers` threads (at least 1). Must be called within a tokio runtime, which binds the
-    /// sockets.
-    pub fn start(addr: SocketAddr, router: Router, workers: usize) -> io::Result<Self> {
-        let mut addr = addr;
-        let mut listeners = Vec::new();
-        for _ in 0..workers.max(1) {
-            let socket = if addr.is_ipv4() {
-                tokio::net::TcpSocket::new_v4()?
-            } else {
-                tokio::net::TcpSocket::new_v6()?
-            };
-            socket.set_reuseport(true)?;
-            socket.set_nodelay(true)?;
-            socket.bind(addr)?;
-            let listener = socket.listen(1024)?;
-            // The others bind the port the first one got.
-            addr = listener.local_addr()?;
-            listeners.push(listener.into_std()?);
-        }
-        let (shutdown, signal) = tokio::sync::watch::channel(false);
-        let mut threads = Vec::new();
-        for (i, listener) in listeners.into_iter().enumerate() {
-            let router = router.clone();
-            let mut signal = signal.clone();
-            let thread = std::thread::Builder::new()
-                .name(format!("gateway-worker-{}", i + 1))
-                .spawn(move || {
-                    WORKER.with(|worker| worker.set(i + 1));
-                    let runtime = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()?;
-                    runtime.block_on(async move {
-                        let listener = TcpListener::from_std(listener)?;
-                        let service = router.into_make_service_with_connect_info::<SocketAddr>();
-                        axum::serve(listener, service)
-                            .with_graceful_shutdown(async move {
-                                // A dropped sender is a signal too.
-                                let _ = signal.wait_for(|stop| *stop).await;
-                            })
-                            .await
-                    })
-                })?;
-            threads.push(thread);
-        }
-        Ok(Self {
-            addr,
-            shutdown,
-            threads,
-        })
-    }
-
-    /// The address they listen on.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// Stops accepting connections, closes idle connections and waits for the requests in
-    /// flight to complete, on every worker.
-    pub async fn stop(self) -> io::Result<()> {
-        let _ = self.shutdown.send(true);
-        let threads = self.threads;
-        tokio::task::spawn_blocking(move || {
-            for thread in threads {
-                thread
-                    .join()
-                    .map_err(|_| io::Error::other("a gateway worker panicked"))??;
-            }
-            Ok(())
-        })
-        .await
-        .map_err(io::Error::other)?
-    }
 }

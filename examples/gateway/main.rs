@@ -20,6 +20,9 @@
 mod app;
 mod backend;
 mod demo;
+mod http1;
+mod proxy;
+mod upstream;
 
 use std::{
     io::Write,
@@ -29,9 +32,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use app::{GatewayConfig, KeySource, StrategyKind, Target, Workers};
+use app::{GatewayConfig, KeySource, StrategyKind, Target};
 use backend::{spawn_backend, Backend, BackendOptions};
 use demo::{DemoConfig, StatsTable};
+use proxy::Workers;
 
 const HELP: &str = "\
 gateway: an HTTP load-balancing gateway built on tower-lb, with a built-in demo load
@@ -275,11 +279,11 @@ async fn run(options: Options) -> Result<ExitCode, String> {
         ..options.gateway.clone()
     };
     let app::Gateway {
-        router,
+        proxy,
         stats,
         endpoints: _endpoints,
     } = app::gateway(&targets, &config).map_err(|e| e.to_string())?;
-    let gateway = Workers::start(options.listen, router, options.workers).map_err(|e| {
+    let gateway = Workers::start(options.listen, proxy, options.workers).map_err(|e| {
         format!(
             "cannot listen on {}: {e} (--listen 127.0.0.1:0 picks a free port)",
             options.listen

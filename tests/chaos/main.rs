@@ -30,6 +30,15 @@ mod app;
 #[allow(dead_code)]
 #[path = "../../examples/gateway/backend.rs"]
 mod backend;
+#[allow(dead_code)]
+#[path = "../../examples/gateway/http1.rs"]
+mod http1;
+#[allow(dead_code)]
+#[path = "../../examples/gateway/proxy.rs"]
+mod proxy;
+#[allow(dead_code)]
+#[path = "../../examples/gateway/upstream.rs"]
+mod upstream;
 
 use std::{
     collections::HashMap,
@@ -43,7 +52,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use app::{GatewayConfig, KeySource, Server, StrategyKind, Target};
+use app::{GatewayConfig, KeySource, StrategyKind, Target};
 use axum::http::{Method, Request, StatusCode};
 use backend::{spawn_backend, spawn_backend_on, Backend, BackendOptions, Killed};
 use bytes::Bytes;
@@ -52,6 +61,7 @@ use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
     rt::TokioExecutor,
 };
+use proxy::Server;
 use tower_lb::{key, strategy::ConsistentHash, Balance, EndpointStats, Endpoints};
 
 /// Every test finishes well within this, or fails instead of hanging.
@@ -394,7 +404,7 @@ async fn run(config: GatewayConfig) -> Run {
     let built = app::gateway(&targets, &config).expect("a valid configuration");
     let stats = built.stats;
     let stats_of = |key: &str| stats.snapshot().into_iter().find(|s| s.key == key).unwrap();
-    let gateway = Server::bind(SocketAddr::from(([127, 0, 0, 1], 0)), built.router)
+    let gateway = Server::bind(SocketAddr::from(([127, 0, 0, 1], 0)), built.proxy)
         .await
         .unwrap();
 

@@ -12,6 +12,15 @@ mod backend;
 #[allow(dead_code)]
 #[path = "../../examples/gateway/demo.rs"]
 mod demo;
+#[allow(dead_code)]
+#[path = "../../examples/gateway/http1.rs"]
+mod http1;
+#[allow(dead_code)]
+#[path = "../../examples/gateway/proxy.rs"]
+mod proxy;
+#[allow(dead_code)]
+#[path = "../../examples/gateway/upstream.rs"]
+mod upstream;
 
 use std::{
     collections::HashMap,
@@ -24,7 +33,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use app::{ConfigError, GatewayConfig, KeySource, Server, StrategyKind, Target};
+use app::{ConfigError, GatewayConfig, KeySource, StrategyKind, Target};
 use axum::http::{HeaderName, Method, Request, StatusCode};
 use backend::{spawn_backend, Backend, BackendOptions};
 use bytes::Bytes;
@@ -33,6 +42,7 @@ use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
     rt::TokioExecutor,
 };
+use proxy::Server;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower_lb::{key, strategy::ConsistentHash, Balance, EndpointStats};
 
@@ -65,11 +75,11 @@ async fn start_with(n: usize, options: BackendOptions, config: GatewayConfig) ->
     }
     let targets: Vec<Target> = backends.iter().map(Backend::target).collect();
     let app::Gateway {
-        router,
+        proxy,
         endpoints,
         stats,
     } = app::gateway(&targets, &config).expect("a valid configuration");
-    let gateway = Server::bind(SocketAddr::from(([127, 0, 0, 1], 0)), router)
+    let gateway = Server::bind(SocketAddr::from(([127, 0, 0, 1], 0)), proxy)
         .await
         .expect("the gateway starts");
     Fixture {
@@ -220,8 +230,9 @@ async fn workers_share_one_rotation_and_stop_cleanly() {
             ..config(StrategyKind::RoundRobin)
         };
         let gateway = app::gateway(&targets, &config).expect("a valid configuration");
-        let workers = app::Workers::start(SocketAddr::from(([127, 0, 0, 1], 0)), gateway.router, 2)
-            .expect("the workers start");
+        let workers =
+            proxy::Workers::start(SocketAddr::from(([127, 0, 0, 1], 0)), gateway.proxy, 2)
+                .expect("the workers start");
         // A new connection per request, so that the kernel spreads them over both sockets.
         let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(0)
@@ -463,7 +474,7 @@ async fn a_backend_that_drops_the_request_is_answered_502_and_only_idempotent_re
         });
         let built =
             app::gateway(&[Target::new("broken", addr)], &GatewayConfig::default()).unwrap();
-        let gateway = Server::bind(SocketAddr::from(([127, 0, 0, 1], 0)), built.router)
+        let gateway = Server::bind(SocketAddr::from(([127, 0, 0, 1], 0)), built.proxy)
             .await
             .unwrap();
         let client: Client<HttpConnector, Full<Bytes>> =
@@ -508,14 +519,15 @@ async fn a_backend_answering_503_is_ejected_and_one_answering_500_is_not() {
                 .await
                 .unwrap();
             let router = axum::Router::new().fallback(move || async move { status });
-            let server = Server::start(listener, router).unwrap();
-            targets.push(Target::new(name, server.addr()));
-            servers.push(server);
+            targets.push(Target::new(name, listener.local_addr().unwrap()));
+            servers.push(tokio::spawn(
+                async move { axum::serve(listener, router).await },
+            ));
         }
         let built = app::gateway(&targets, &config(StrategyKind::RoundRobin)).unwrap();
         let fixture = Fixture {
             backends: vec![healthy],
-            gateway: Server::bind(SocketAddr::from(([127, 0, 0, 1], 0)), built.router)
+            gateway: Server::bind(SocketAddr::from(([127, 0, 0, 1], 0)), built.proxy)
                 .await
                 .unwrap(),
             endpoints: built.endpoints,
