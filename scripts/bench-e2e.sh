@@ -306,6 +306,10 @@ $servers        keepalive 64;
             proxy_pass http://rr;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
+            # The headers the gateway adds, so that both proxies send the backends the same.
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Host \$host;
+            proxy_set_header X-Forwarded-Proto \$scheme;
         }
     }
     server {
@@ -314,6 +318,10 @@ $servers        keepalive 64;
             proxy_pass http://ch;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
+            # The headers the gateway adds, so that both proxies send the backends the same.
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Host \$host;
+            proxy_set_header X-Forwarded-Proto \$scheme;
         }
     }
 }

@@ -6,6 +6,9 @@
 //!
 //! | what happened | status |
 //! |---|---|
+//! | a request head that is not HTTP/1.x, or whose body length is ambiguous (two different `Content-Length`s, or one beside `Transfer-Encoding`) | 400 Bad Request |
+//! | a request head over 64 KiB or with more than 100 header lines | 431 Request Header Fields Too Large |
+//! | a request body in a transfer coding other than chunked | 501 Not Implemented |
 //! | a `CONNECT` request (this is not a forward proxy) | 405 Method Not Allowed |
 //! | the request body is larger than the cap ([`MAX_BODY_BYTES`] by default) | 413 Payload Too Large |
 //! | the request has no routing key and no default ([`MissingKey`]; cannot happen with the default key) | 400 Bad Request |

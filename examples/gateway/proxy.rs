@@ -226,15 +226,15 @@ impl Connection {
             if idle && self.stopping() {
                 return Ok(None);
             }
-            self.reserve();
+            let read = http1::read_some(&self.stream, &mut self.read, READ_ROOM / 2);
             let read = if idle {
                 tokio::select! {
                     biased;
-                    read = self.stream.read_buf(&mut self.read) => read?,
+                    read = read => read?,
                     () = stopped.as_mut() => return Ok(None),
                 }
             } else {
-                self.stream.read_buf(&mut self.read).await?
+                read.await?
             };
             if read == 0 {
                 // Closed between requests, or in the middle of a head: nothing to answer.
@@ -243,15 +243,8 @@ impl Connection {
         }
     }
 
-    fn reserve(&mut self) {
-        if self.read.capacity() - self.read.len() < READ_ROOM / 2 {
-            self.read.reserve(READ_ROOM);
-        }
-    }
-
     async fn read_more(&mut self) -> Result<(), Stop> {
-        self.reserve();
-        match self.stream.read_buf(&mut self.read).await? {
+        match http1::read_some(&self.stream, &mut self.read, READ_ROOM / 2).await? {
             0 => Err(Stop::Gone),
             _ => Ok(()),
         }

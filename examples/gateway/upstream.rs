@@ -10,11 +10,8 @@
 //! connections are driven by its runtime); other threads share one more.
 
 use std::{
-    fmt,
-    future::Future,
-    io,
+    fmt, io,
     net::SocketAddr,
-    pin::pin,
     str::FromStr,
     sync::{Arc, Mutex, PoisonError},
     task::{Context, Poll, Waker},
@@ -24,10 +21,7 @@ use std::{
 use axum::http::{Method, Request, Response};
 use bytes::{Bytes, BytesMut};
 use futures_util::future::BoxFuture;
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt, Interest},
-    net::TcpStream,
-};
+use tokio::{io::AsyncWriteExt, net::TcpStream};
 use tower::Service;
 use tower_lb::BoxError;
 
@@ -313,15 +307,13 @@ impl Backend {
 }
 
 impl Connection {
-    /// Whether the backend closed the connection while it was idle: seen by the runtime's event
-    /// loop, without a system call.
+    /// Whether the backend closed the connection while it was idle, or sent something unasked:
+    /// seen by the runtime's event loop, without a system call. An idle connection is not
+    /// readable ([`http1::read_some`] marks it so once its response is read), so readiness means
+    /// that the backend wrote or closed meanwhile; either way the connection is not used again.
     fn closed_by_peer(&self) -> bool {
         let mut cx = Context::from_waker(Waker::noop());
-        match pin!(self.stream.ready(Interest::READABLE)).poll(&mut cx) {
-            Poll::Ready(Ok(ready)) => ready.is_read_closed() || ready.is_error(),
-            Poll::Ready(Err(_)) => true,
-            Poll::Pending => false,
-        }
+        self.stream.poll_read_ready(&mut cx).is_ready()
     }
 
     /// Writes the request and reads the response head.
@@ -391,10 +383,7 @@ impl Connection {
 
     /// Reads what the backend sent next into the read buffer: 0 at the end of the stream.
     async fn fill(&mut self) -> io::Result<usize> {
-        if self.read.capacity() - self.read.len() < READ_ROOM / 2 {
-            self.read.reserve(READ_ROOM);
-        }
-        self.stream.read_buf(&mut self.read).await
+        http1::read_some(&self.stream, &mut self.read, READ_ROOM / 2).await
     }
 }
 

@@ -21,6 +21,7 @@ mod proxy;
 #[allow(dead_code)]
 #[path = "../../examples/gateway/upstream.rs"]
 mod upstream;
+mod wire;
 
 use std::{
     collections::HashMap,
