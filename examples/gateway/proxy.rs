@@ -9,7 +9,9 @@
 //! clients). Requests pipelined on a connection are answered in order.
 //!
 //! There is no idle timeout on client connections: like `axum::serve`, a connection stays open
-//! until its client closes it or the server stops.
+//! until its client closes it or the server stops. The gateway's timeout runs until the response
+//! head; a backend that stalls in the middle of a body holds its client's connection until one
+//! of them closes it.
 
 use std::{
     io,
