@@ -408,7 +408,7 @@ impl Error for ConfigError {
     }
 }
 
-/// The balanced stack behind the router, the same type for every strategy.
+/// The balanced stack behind the [`Proxy`], the same type for every strategy.
 pub type GatewayService = BoxCloneSyncService<Request<Outbound>, Response<Upstream>, BoxError>;
 
 /// A built gateway: see [`gateway`].
@@ -424,7 +424,7 @@ pub struct Gateway {
     pub stats: Stats,
 }
 
-/// Builds the gateway for `targets`: the router, the endpoint set and the balancer's statistics.
+/// Builds the gateway for `targets`: the proxy, the endpoint set and the balancer's statistics.
 pub fn gateway(targets: &[Target], config: &GatewayConfig) -> Result<Gateway, ConfigError> {
     config.check(targets.len())?;
     for (i, target) in targets.iter().enumerate() {
@@ -535,7 +535,7 @@ pub fn is_backend_failure<B>(response: &Response<B>) -> bool {
 }
 
 /// The balancer's per-endpoint statistics, whatever the strategy: a cheap handle on the balancer
-/// behind the router.
+/// behind the proxy.
 #[derive(Clone)]
 pub struct Stats(Arc<dyn Fn() -> Vec<EndpointStats<String>> + Send + Sync>);
 
