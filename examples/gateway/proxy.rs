@@ -6,7 +6,8 @@
 //! [`GatewayConfig::max_body_bytes`](crate::app::GatewayConfig::max_body_bytes)), so that a retry
 //! can send it again; the response body is passed on as it arrives, with its length when the
 //! backend gave one, and chunked otherwise (or until the connection closes, for HTTP/1.0
-//! clients). Requests pipelined on a connection are answered in order.
+//! clients). Requests pipelined on a connection are answered in order, each answer written before
+//! the next request is forwarded.
 //!
 //! There is no idle timeout on client connections: like `axum::serve`, a connection stays open
 //! until its client closes it or the server stops. The gateway's timeout runs until the response
@@ -158,6 +159,8 @@ impl Connection {
         }
         let body = self.read_body(&head).await?;
         let keep_alive = head.keep_alive;
+        // The answer to a pipelined request before this one goes out now, not after this one's.
+        self.flush().await?;
 
         if !matches!(head.body, RequestBody::None) {
             self.head.extend_from_slice(b"content-length: ");
