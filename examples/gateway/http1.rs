@@ -12,17 +12,17 @@ use axum::http::{HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::{io::Interest, net::TcpStream};
 
-/// Reads what `stream` has into `buf`, with at least `room` bytes free for it: 0 at the end of
-/// the stream.
+/// Reads what `stream` has into `buf`, with at least half of [`READ_ROOM`] free for it: 0 at the
+/// end of the stream.
 ///
 /// A read that leaves room in the buffer has taken everything the socket held, so the socket is
 /// then marked not readable, as nginx does: the next read waits for the event loop to say that
 /// more came, instead of trying a read that would only find the socket empty (one system call
 /// saved per read, two per proxied request). The mark is dropped if the event loop saw new data
 /// since the read began, so no wake-up is lost.
-pub async fn read_some(stream: &TcpStream, buf: &mut BytesMut, room: usize) -> io::Result<usize> {
-    if buf.capacity() - buf.len() < room {
-        buf.reserve(room);
+pub async fn read_some(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+    if buf.capacity() - buf.len() < READ_ROOM / 2 {
+        buf.reserve(READ_ROOM / 2);
     }
     loop {
         std::future::poll_fn(|cx| stream.poll_read_ready(cx)).await?;
@@ -45,6 +45,12 @@ pub async fn read_some(stream: &TcpStream, buf: &mut BytesMut, room: usize) -> i
         }
     }
 }
+
+/// The room a connection's read buffer starts with.
+pub const READ_ROOM: usize = 8 * 1024;
+/// Bodies below this size are copied beside their head and written with it in one go; larger
+/// ones are written apart, without a copy.
+pub const COPY_BODY_BELOW: usize = 16 * 1024;
 
 /// The most header lines a head may have; more is answered 431.
 pub const MAX_HEADERS: usize = 100;
@@ -193,6 +199,47 @@ impl<'a> ConnectionTokens<'a> {
     }
 }
 
+/// What a head's headers say about how its body is framed and whether its connection lasts.
+#[derive(Default)]
+struct Framing<'a> {
+    length: Option<u64>,
+    /// Whether the last transfer coding is chunked, if there is one.
+    chunked: Option<bool>,
+    connection: ConnectionTokens<'a>,
+}
+
+impl<'a> Framing<'a> {
+    /// Takes in a header of the kind `name`; an error says what is wrong with its value.
+    fn add(&mut self, name: Name, value: &'a [u8]) -> Result<(), &'static str> {
+        match name {
+            Name::ContentLength => {
+                let len = parse_length(value).ok_or("Content-Length is not a number")?;
+                if self.length.is_some_and(|earlier| earlier != len) {
+                    return Err("two different Content-Length headers");
+                }
+                self.length = Some(len);
+            }
+            Name::TransferEncoding => {
+                // Only the last coding counts, and it must be chunked.
+                let last = tokens(value).last().unwrap_or_default();
+                self.chunked =
+                    Some(self.chunked.unwrap_or(true) && last.eq_ignore_ascii_case(b"chunked"));
+            }
+            Name::Connection => self.connection.add(value),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Whether the connection may carry another message after this one, in `version`.
+    fn keep_alive(&self, version: Version) -> bool {
+        match version {
+            Version::HTTP_10 => self.connection.keep_alive && !self.connection.close,
+            _ => !self.connection.close,
+        }
+    }
+}
+
 /// Appends `name: value\r\n`.
 fn put_line(out: &mut BytesMut, name: &[u8], value: &[u8]) {
     out.reserve(name.len() + value.len() + 4);
@@ -202,8 +249,15 @@ fn put_line(out: &mut BytesMut, name: &[u8], value: &[u8]) {
     out.put_slice(b"\r\n");
 }
 
+/// Appends a `content-length` line for `length`.
+pub fn put_content_length(out: &mut impl BufMut, length: u64) {
+    out.put_slice(b"content-length: ");
+    put_decimal(out, length);
+    out.put_slice(b"\r\n");
+}
+
 /// Appends `n` in decimal.
-pub fn put_decimal(out: &mut impl BufMut, mut n: u64) {
+fn put_decimal(out: &mut impl BufMut, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut at = digits.len();
     loop {
@@ -251,8 +305,13 @@ pub fn read_request_head(
 ) -> Result<Option<RequestHead>, HeadError> {
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut []);
+    let too_large = HeadError {
+        status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        reason: "the request head is too large",
+    };
     let head_len = match request.parse_with_uninit_headers(buf, &mut slots) {
         Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => return Err(too_large),
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => {
             return Err(HeadError {
@@ -263,10 +322,7 @@ pub fn read_request_head(
         Err(_) => return Err(HeadError::bad("not an HTTP/1.x request head")),
     };
     if head_len > MAX_HEAD_BYTES {
-        return Err(HeadError {
-            status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            reason: "the request head is too large",
-        });
+        return Err(too_large);
     }
     let method = match request.method.unwrap_or_default() {
         "GET" => Method::GET,
@@ -278,33 +334,19 @@ pub fn read_request_head(
     let version = version(request.version);
 
     // First pass: what the message says about itself.
-    let mut length = None;
-    let mut chunked = None;
-    let mut connection = ConnectionTokens::default();
+    let mut names = [Name::Other; MAX_HEADERS];
+    let mut framing = Framing::default();
     let mut expect_continue = false;
     let mut host = None;
     let mut forwarded_for: Option<&[u8]> = None;
     let mut forwarded_host = false;
     let mut forwarded_proto = false;
     let mut key = None;
-    for header in request.headers.iter() {
+    for (header, kind) in request.headers.iter().zip(&mut names) {
         let name = header.name.as_bytes();
-        match classify(name) {
-            Name::ContentLength => {
-                let len = parse_length(header.value)
-                    .ok_or(HeadError::bad("Content-Length is not a number"))?;
-                if length.is_some_and(|earlier| earlier != len) {
-                    return Err(HeadError::bad("two different Content-Length headers"));
-                }
-                length = Some(len);
-            }
-            Name::TransferEncoding => {
-                // Only the last coding counts (it must be chunked); earlier ones are rejected
-                // below with it.
-                let last = tokens(header.value).last().unwrap_or_default();
-                chunked = Some(chunked.unwrap_or(true) && last.eq_ignore_ascii_case(b"chunked"));
-            }
-            Name::Connection => connection.add(header.value),
+        *kind = classify(name);
+        framing.add(*kind, header.value).map_err(HeadError::bad)?;
+        match *kind {
             Name::Expect => {
                 expect_continue |= header
                     .value
@@ -316,7 +358,7 @@ pub fn read_request_head(
             Name::ForwardedFor => forwarded_for = forwarded_for.or(Some(header.value)),
             Name::ForwardedHost => forwarded_host = true,
             Name::ForwardedProto => forwarded_proto = true,
-            Name::HopByHop | Name::Other => {}
+            _ => {}
         }
         if key.is_none()
             && context
@@ -326,7 +368,7 @@ pub fn read_request_head(
             key = Some(range_in(buf, header.value));
         }
     }
-    let body = match (chunked, length) {
+    let body = match (framing.chunked, framing.length) {
         (Some(_), Some(_)) => {
             return Err(HeadError::bad(
                 "both Content-Length and Transfer-Encoding: the length is ambiguous",
@@ -342,19 +384,16 @@ pub fn read_request_head(
         (None, Some(len)) => RequestBody::Length(len),
         (None, None) => RequestBody::None,
     };
-    let keep_alive = match version {
-        Version::HTTP_10 => connection.keep_alive && !connection.close,
-        _ => !connection.close,
-    };
+    let keep_alive = framing.keep_alive(version);
 
     // Second pass: the lines to forward.
-    for header in request.headers.iter() {
+    for (header, kind) in request.headers.iter().zip(names) {
         let name = header.name.as_bytes();
         let forward = matches!(
-            classify(name),
+            kind,
             Name::Other | Name::ForwardedHost | Name::ForwardedProto
         );
-        if forward && !connection.names(name) {
+        if forward && !framing.connection.names(name) {
             put_line(out, name, header.value);
         }
     }
@@ -473,31 +512,15 @@ pub fn read_response_head(
         }
         let status = StatusCode::from_u16(code).map_err(|_| invalid("not a valid status"))?;
 
-        let mut length = None;
-        let mut chunked = None;
-        let mut connection = ConnectionTokens::default();
-        for header in response.headers.iter() {
-            match classify(header.name.as_bytes()) {
-                Name::ContentLength => {
-                    let len = parse_length(header.value)
-                        .ok_or_else(|| invalid("Content-Length is not a number"))?;
-                    if length.is_some_and(|earlier| earlier != len) {
-                        return Err(invalid("two different Content-Length headers"));
-                    }
-                    length = Some(len);
-                }
-                Name::TransferEncoding => {
-                    let last = tokens(header.value).last().unwrap_or_default();
-                    chunked =
-                        Some(chunked.unwrap_or(true) && last.eq_ignore_ascii_case(b"chunked"));
-                }
-                Name::Connection => connection.add(header.value),
-                _ => {}
-            }
+        let mut names = [Name::Other; MAX_HEADERS];
+        let mut framing = Framing::default();
+        for (header, kind) in response.headers.iter().zip(&mut names) {
+            *kind = classify(header.name.as_bytes());
+            framing.add(*kind, header.value).map_err(invalid)?;
         }
         let bodiless =
             head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
-        let body = match (bodiless, chunked, length) {
+        let body = match (bodiless, framing.chunked, framing.length) {
             (true, ..) => ResponseBody::Empty,
             // Transfer-Encoding overrides Content-Length (RFC 9112, 6.3).
             (false, Some(true), _) => ResponseBody::Chunked,
@@ -505,26 +528,23 @@ pub fn read_response_head(
             (false, None, Some(len)) => ResponseBody::Length(len),
             (false, None, None) => ResponseBody::Close,
         };
-        let keep_alive = body != ResponseBody::Close
-            && match version(response.version) {
-                Version::HTTP_10 => connection.keep_alive && !connection.close,
-                _ => !connection.close,
-            };
+        let keep_alive =
+            body != ResponseBody::Close && framing.keep_alive(version(response.version));
 
         out.put_slice(b"HTTP/1.1 ");
         out.put_slice(status.as_str().as_bytes());
         out.put_u8(b' ');
         out.put_slice(response.reason.unwrap_or_default().as_bytes());
         out.put_slice(b"\r\n");
-        for header in response.headers.iter() {
+        for (header, kind) in response.headers.iter().zip(names) {
             let name = header.name.as_bytes();
-            let forward = match classify(name) {
+            let forward = match kind {
                 Name::HopByHop | Name::Connection | Name::TransferEncoding => false,
                 // The length of a HEAD answer or a 304 tells about the resource: kept.
                 Name::ContentLength => body == ResponseBody::Empty,
                 _ => true,
             };
-            if forward && !connection.names(name) {
+            if forward && !framing.connection.names(name) {
                 put_line(out, name, header.value);
             }
         }

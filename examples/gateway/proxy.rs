@@ -33,14 +33,13 @@ use tower::{Service, ServiceExt};
 
 use crate::{
     app::{error_chain, status_for, GatewayService},
-    http1::{self, put_decimal, Chunk, ChunkedDecoder, RequestBody, RequestContext},
+    http1::{
+        self, put_content_length, Chunk, ChunkedDecoder, RequestBody, RequestContext,
+        COPY_BODY_BELOW, READ_ROOM,
+    },
     upstream::{set_worker, Outbound, Upstream, UpstreamBody},
 };
 
-/// Reads from a client take at least this much room in the buffer.
-const READ_ROOM: usize = 8 * 1024;
-/// Response bodies up to this size are copied beside their head and written in one go.
-const COPY_BODY_BELOW: usize = 16 * 1024;
 /// After an answer that closes the connection early, how long the rest of the request is read
 /// and dropped, so that the client reads the answer instead of a reset.
 const LINGER: Duration = Duration::from_secs(1);
@@ -163,9 +162,7 @@ impl Connection {
         self.flush().await?;
 
         if !matches!(head.body, RequestBody::None) {
-            self.head.extend_from_slice(b"content-length: ");
-            put_decimal(&mut self.head, body.len() as u64);
-            self.head.extend_from_slice(b"\r\n");
+            put_content_length(&mut self.head, body.len() as u64);
         }
         self.head.extend_from_slice(b"\r\n");
         let mut request = Request::new(Outbound {
@@ -177,7 +174,6 @@ impl Connection {
         if let (Some(name), Some(value)) = (&self.proxy.key_header, head.key) {
             request.headers_mut().insert(name.clone(), value);
         }
-        let head_request = request.method() == Method::HEAD;
 
         let service = &mut self.proxy.service;
         let result = match service.ready().await {
@@ -187,7 +183,7 @@ impl Connection {
         let keep_alive = keep_alive && !self.stopping();
         match result {
             Ok(response) => {
-                self.write_response(response, head.version, head_request, keep_alive)
+                self.write_response(response, head.version, keep_alive)
                     .await
             }
             Err(error) => {
@@ -211,18 +207,8 @@ impl Connection {
                 };
                 match http1::read_request_head(&mut self.read, &mut self.head, &context) {
                     Ok(Some(head)) => return Ok(Some(head)),
-                    Ok(None) if self.read.len() >= http1::MAX_HEAD_BYTES => {
-                        let message = "the request head is too large";
-                        return Err(Stop::Answer(
-                            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                            message.into(),
-                        ));
-                    }
-                    Ok(None) => self.head.clear(),
-                    Err(error) => {
-                        self.head.clear();
-                        return Err(Stop::Answer(error.status, error.reason.into()));
-                    }
+                    Ok(None) => {}
+                    Err(error) => return Err(Stop::Answer(error.status, error.reason.into())),
                 }
             }
             // Answers to pipelined requests go out before waiting for more.
@@ -231,7 +217,7 @@ impl Connection {
             if idle && self.stopping() {
                 return Ok(None);
             }
-            let read = http1::read_some(&self.stream, &mut self.read, READ_ROOM / 2);
+            let read = http1::read_some(&self.stream, &mut self.read);
             let read = if idle {
                 tokio::select! {
                     biased;
@@ -249,7 +235,7 @@ impl Connection {
     }
 
     async fn read_more(&mut self) -> Result<(), Stop> {
-        match http1::read_some(&self.stream, &mut self.read, READ_ROOM / 2).await? {
+        match http1::read_some(&self.stream, &mut self.read).await? {
             0 => Err(Stop::Gone),
             _ => Ok(()),
         }
@@ -314,7 +300,6 @@ impl Connection {
         &mut self,
         response: Response<Upstream>,
         client: Version,
-        head_request: bool,
         mut keep_alive: bool,
     ) -> Result<bool, Stop> {
         let Upstream { head, body } = response.into_body();
@@ -325,7 +310,7 @@ impl Connection {
                 return Ok(keep_alive);
             }
             UpstreamBody::Full(body) => {
-                self.length_line(body.len() as u64);
+                put_content_length(&mut self.write, body.len() as u64);
                 self.end_head(keep_alive, client);
                 if body.len() < COPY_BODY_BELOW {
                     self.write.extend_from_slice(&body);
@@ -337,11 +322,9 @@ impl Connection {
             }
             UpstreamBody::Streaming(reader) => reader,
         };
-        // A HEAD answer has no body (the backend framed it as if it had).
-        debug_assert!(!head_request);
         let chunked = match reader.length() {
             Some(length) => {
-                self.length_line(length);
+                put_content_length(&mut self.write, length);
                 false
             }
             None if client == Version::HTTP_11 => {
@@ -375,12 +358,6 @@ impl Connection {
         Ok(keep_alive)
     }
 
-    fn length_line(&mut self, length: u64) {
-        self.write.extend_from_slice(b"content-length: ");
-        put_decimal(&mut self.write, length);
-        self.write.extend_from_slice(b"\r\n");
-    }
-
     /// Ends a response head with the connection's fate.
     fn end_head(&mut self, keep_alive: bool, client: Version) {
         if !keep_alive {
@@ -401,7 +378,7 @@ impl Connection {
             .extend_from_slice(status.canonical_reason().unwrap_or_default().as_bytes());
         self.write
             .extend_from_slice(b"\r\ncontent-type: text/plain; charset=utf-8\r\n");
-        self.length_line(body.len() as u64);
+        put_content_length(&mut self.write, body.len() as u64);
         self.end_head(keep_alive, Version::HTTP_11);
         self.write.extend_from_slice(body.as_bytes());
     }

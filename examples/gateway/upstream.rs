@@ -27,7 +27,7 @@ use tower_lb::BoxError;
 
 use crate::{
     app::{is_idempotent, BackendError, Failure, Target, UPSTREAM_HEADER},
-    http1::{self, Chunk, ChunkedDecoder, ResponseBody},
+    http1::{self, Chunk, ChunkedDecoder, ResponseBody, COPY_BODY_BELOW, READ_ROOM},
 };
 
 /// A request on its way to a backend: its head, less the request line and `Host`, already
@@ -65,10 +65,6 @@ pub enum UpstreamBody {
 
 /// The most idle connections kept per backend in each pool; more are closed.
 const MAX_IDLE: usize = 512;
-/// Reads from a backend take at least this much room in the buffer.
-const READ_ROOM: usize = 8 * 1024;
-/// Request bodies up to this size are copied beside their head and written in one go.
-const COPY_BODY_BELOW: usize = 16 * 1024;
 
 /// One backend as an endpoint of the set. Cheap to clone: clones share the pools.
 #[derive(Clone)]
@@ -383,7 +379,7 @@ impl Connection {
 
     /// Reads what the backend sent next into the read buffer: 0 at the end of the stream.
     async fn fill(&mut self) -> io::Result<usize> {
-        http1::read_some(&self.stream, &mut self.read, READ_ROOM / 2).await
+        http1::read_some(&self.stream, &mut self.read).await
     }
 }
 

@@ -708,6 +708,18 @@ fn append_headers(
     Some(())
 }
 
+/// The header lines, the blank line and the body of a message being written.
+fn put_headers_and_body(headers: &http::HeaderMap, body: &[u8], out: &mut Vec<u8>) {
+    for (n, v) in headers {
+        out.extend_from_slice(n.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+}
+
 fn write_request(req: &http::Request<Bytes>, out: &mut Vec<u8>) {
     out.extend_from_slice(req.method().as_str().as_bytes());
     out.push(b' ');
@@ -723,14 +735,7 @@ fn write_request(req: &http::Request<Bytes>, out: &mut Vec<u8>) {
     } else {
         b" HTTP/1.1\r\n"
     });
-    for (n, v) in req.headers() {
-        out.extend_from_slice(n.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(v.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(req.body());
+    put_headers_and_body(req.headers(), req.body(), out);
 }
 
 fn write_response(resp: &http::Response<Bytes>, out: &mut Vec<u8>) {
@@ -743,14 +748,7 @@ fn write_response(resp: &http::Response<Bytes>, out: &mut Vec<u8>) {
     out.push(b' ');
     out.extend_from_slice(resp.status().canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    for (n, v) in resp.headers() {
-        out.extend_from_slice(n.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(v.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(resp.body());
+    put_headers_and_body(resp.headers(), resp.body(), out);
 }
 
 /// The typed endpoint's work: serialize, exchange raw bytes, parse into `http::Response<Bytes>`.
