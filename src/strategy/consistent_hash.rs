@@ -1,11 +1,10 @@
 use std::fmt;
 
 use super::{
+    internal::{wrap, Build, Table},
     ring::{self, Ring},
-    sealed::Sealed,
-    Strategy, Walk,
 };
-use crate::{endpoints::Member, error::InvalidConfig, EndpointKey};
+use crate::{ejection::Health, endpoints::Member, error::InvalidConfig, EndpointKey};
 
 /// Ring points per unit of weight unless configured: ketama's and nginx's choice.
 const DEFAULT_POINTS_PER_WEIGHT: u32 = 160;
@@ -146,34 +145,48 @@ impl<E: fmt::Debug> fmt::Debug for ConsistentHash<E> {
 /// The ring of a membership snapshot. Public only to name it as the strategy's table; it cannot
 /// be reached from outside the crate.
 #[derive(Debug)]
-#[allow(unreachable_pub)]
 pub struct RingTable(Ring);
 
-impl Walk for RingTable {
-    fn positions(&self) -> usize {
+impl Table for RingTable {
+    #[inline]
+    fn position(&self, hash: u64) -> u64 {
+        self.0.position(hash) as u64
+    }
+
+    fn span(&self, _endpoints: usize) -> usize {
         self.0.len()
     }
 
     #[inline]
-    fn start(&self, hash: u64) -> usize {
-        self.0.position(hash)
+    fn candidate<K, S>(
+        &self,
+        _members: &[Member<K, S>],
+        _health: Option<&Health>,
+        position: u64,
+        step: usize,
+    ) -> usize {
+        self.0.owner(wrap(position, step, self.0.len()))
     }
 
-    #[inline]
-    fn owner(&self, position: usize) -> usize {
-        self.0.owner(position)
+    fn ramps(&self) -> bool {
+        false
     }
 }
 
-impl<E> Sealed for ConsistentHash<E> {}
+impl<E> ConsistentHash<E> {
+    /// The start of a key's walk: its position on the ring's 64-bit circle.
+    #[inline]
+    fn hash_key(&self, key: &[u8]) -> u64 {
+        ring::key_hash(key)
+    }
+}
 
-impl<K, E> Strategy<K> for ConsistentHash<E>
+impl<K, E> Build<K> for ConsistentHash<E>
 where
     K: EndpointKey,
     E: Send + Sync + 'static,
 {
     type Table = RingTable;
-    const KEYED: bool = true;
 
     fn build<S>(&self, members: &[Member<K, S>]) -> RingTable {
         let keys = super::key_bytes(members);
@@ -185,9 +198,8 @@ where
         ))
     }
 
-    #[inline]
-    fn hash_key(&self, key: &[u8]) -> u64 {
-        ring::key_hash(key)
+    fn key_hash(&self, key: &[u8]) -> Option<u64> {
+        Some(self.hash_key(key))
     }
 
     fn load_factor(&self) -> Option<f64> {
@@ -195,4 +207,4 @@ where
     }
 }
 
-super::keyed_route!(ConsistentHash);
+super::keyed_start!(ConsistentHash);
