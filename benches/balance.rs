@@ -17,7 +17,9 @@
 //!   `1 + i % 5`;
 //! - `tower_lb_round_robin_clone_per_request`: a fresh clone of the round robin balancer for every
 //!   request, as axum's router does, then `poll_ready` + `call` on the clone;
-//! - `arc_clone`: cloning and dropping an `Arc`, the reference for what a clone may add;
+//! - `arc_clone`: cloning and dropping an `Arc`, and `snapshot_load`: taking and dropping an
+//!   `arc_swap` guard on a snapshot, the references for what a clone may add (a fresh clone
+//!   holds the shared state by an `Arc` and reads the current snapshot through a guard);
 //! - `tower_p2c_constant`: `tower::balance::p2c::Balance` over a `ServiceList` of the endpoints
 //!   wrapped in `tower::load::Constant`, the peer;
 //! - `tower_lb_p2c_in_flight` and `tower_p2c_pending_requests`: power of two choices on requests
@@ -476,6 +478,12 @@ fn balance(c: &mut Criterion) {
         let arc = std::sync::Arc::new(n);
         group.bench_function("arc_clone", |b| {
             b.iter(|| drop(black_box(std::sync::Arc::clone(black_box(&arc)))))
+        });
+        // What reading a membership snapshot costs a balancer that has no cached copy: the other
+        // reference for a clone.
+        let snapshot = arc_swap::ArcSwap::from_pointee(n);
+        group.bench_function("snapshot_load", |b| {
+            b.iter(|| drop(black_box(black_box(&snapshot).load())))
         });
 
         bench_service(&mut group, "tower_p2c_constant", p2c_constant(n));

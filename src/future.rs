@@ -71,13 +71,11 @@ pin_project! {
 }
 
 impl<S: Service<Req>, Req, C> ResponseFuture<S, Req, C> {
+    /// The future of a request sent to its endpoint (its accounting already `sent`).
     #[inline]
     pub(crate) fn called(future: S::Future, accounting: Accounting<C>) -> Self {
         Self {
-            kind: Kind::Called {
-                future,
-                accounting: accounting.sent(),
-            },
+            kind: Kind::Called { future, accounting },
         }
     }
 

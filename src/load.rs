@@ -93,7 +93,7 @@ impl InFlight {
     /// The request was sent to the endpoint: a timed count starts its clock. A reservation
     /// dropped before its request was sent records nothing.
     #[inline]
-    pub(crate) fn sent(mut self) -> Self {
+    pub(crate) fn sent(&mut self) {
         if let Count::Held {
             timing: Some((_, sent)),
             ..
@@ -101,7 +101,6 @@ impl InFlight {
         {
             *sent = now();
         }
-        self
     }
 }
 
@@ -279,10 +278,9 @@ mod tests {
         assert_eq!(total.load(Ordering::SeqCst), 1);
         drop(unbounded);
         assert_eq!(total.load(Ordering::SeqCst), 0);
-        let held = [
-            InFlight::hold(&endpoint),
-            InFlight::hold(&endpoint).timed(1e-9).sent(),
-        ];
+        let mut timed = InFlight::hold(&endpoint).timed(1e-9);
+        timed.sent();
+        let held = [InFlight::hold(&endpoint), timed];
         assert_eq!(endpoint.requests(), 2);
         let [first, second] = held;
         drop(first);
@@ -301,7 +299,8 @@ mod tests {
             0.0
         );
 
-        let held = InFlight::hold(&endpoint).timed(1e-9).sent();
+        let mut held = InFlight::hold(&endpoint).timed(1e-9);
+        held.sent();
         let waited = std::time::Instant::now();
         while waited.elapsed() < std::time::Duration::from_millis(2) {
             std::hint::spin_loop();

@@ -11,7 +11,8 @@ use crate::{
     error::{BoxError, MissingKey, NotReady},
     future::ResponseFuture,
     health::{Classify, Errors, OutlierDetection},
-    snapshot::{Cache, Current, Shared},
+    load::InFlight,
+    snapshot::{Cache, Current, Shared, Snapshot},
     stats::{self, EndpointStats, KeyMap},
     strategy::{
         internal::{Begin, Start},
@@ -92,17 +93,20 @@ where
     classify: C,
     cache: Cache<St::Table, K, S>,
     /// What the next `call` does; set by `poll_ready`.
-    reserved: Reserved<S, C>,
+    reserved: Reserved<S>,
+    /// What the reserved request counts. Kept beside the reservation and filled in place: moving
+    /// it around costs more than the request's routing.
+    accounting: Accounting<C>,
     /// A keyless strategy's walk, kept while the caller waits for pending candidates.
     walk: Walk<S>,
     /// This clone's slot among the tasks woken by a membership change, while it waits.
     waiter: Option<usize>,
 }
 
-enum Reserved<S, C> {
+enum Reserved<S> {
     None,
-    /// The endpoint the next `call` goes to, made ready, with the request's accounting.
-    Endpoint(S, Accounting<C>),
+    /// The endpoint the next `call` goes to, made ready.
+    Endpoint(S),
     /// A keyed strategy is ready; `call` picks by the request's key.
     Keyed,
     /// The next request fails with this error.
@@ -152,6 +156,7 @@ where
             classify,
             cache: Cache::new(),
             reserved: Reserved::None,
+            accounting: Accounting::new(),
             walk: Walk::new(0, 0, None),
             waiter: None,
         }
@@ -252,10 +257,9 @@ where
         if !matches!(self.reserved, Reserved::None) {
             return Poll::Ready(Ok(()));
         }
-        let strategy = &self.shared.strategy;
         let mut start = None;
         if !self.walk.is_waiting() {
-            match strategy.start(None::<&Req>) {
+            match self.shared.strategy.start(None::<&Req>) {
                 Begin::At(value) => start = Some(value),
                 // A keyed strategy picks in `call`, by the request's key, and the response
                 // future drives the endpoint's readiness.
@@ -265,53 +269,51 @@ where
                 }
             }
         }
+        let shared = &*self.shared;
         let reused = self.cache.is_reused();
-        let snapshot = self.cache.current(&self.shared, reused);
-        let version = snapshot.members.version;
-        if start.is_none() && self.walk.version() != version {
-            // The set changed while the caller waited: pick anew over the new one.
-            if let Begin::At(value) = strategy.start(None::<&Req>) {
-                start = Some(value);
+        let snapshot = self.cache.current(shared, reused);
+        match walk_keyless(shared, &snapshot, &mut self.walk, start, cx) {
+            Poll::Ready(Ok(found)) => {
+                shared.strategy.settled(found.steps);
+                let in_flight = self.walk.take_in_flight();
+                let accounting = &mut self.accounting;
+                let service = reserve(
+                    shared,
+                    &snapshot,
+                    found,
+                    in_flight,
+                    accounting,
+                    &self.classify,
+                );
+                self.reserved = Reserved::Endpoint(service);
+            }
+            Poll::Ready(Err(error)) => self.reserved = Reserved::Failed(error),
+            Poll::Pending => {
+                let version = snapshot.members.version;
+                let changed = || shared.version() != version;
+                shared.waiters.wait(&mut self.waiter, cx.waker(), changed);
+                return Poll::Pending;
             }
         }
-        if let Some(start) = start {
-            match snapshot.position(start) {
-                Ok(position) => self.walk.restart(position, version),
-                Err(error) => {
-                    self.walk.clear();
-                    self.reserved = Reserved::Failed(error);
-                }
-            }
-        }
-        if matches!(self.reserved, Reserved::None) {
-            let (shared, health) = (&*self.shared, self.shared.health.as_deref());
-            match self.walk.poll(cx, &*snapshot, health, shared.max_tries) {
-                Poll::Ready(Ok(found)) => {
-                    shared.strategy.settled(found.steps);
-                    self.reserved = reserve(shared, &snapshot, found, &self.classify);
-                }
-                Poll::Ready(Err(error)) => self.reserved = Reserved::Failed(error),
-                Poll::Pending => {
-                    let changed = || shared.version() != version;
-                    shared.waiters.wait(&mut self.waiter, cx.waker(), changed);
-                    return Poll::Pending;
-                }
-            }
-        }
-        self.shared.waiters.deregister(&mut self.waiter);
+        shared.waiters.deregister(&mut self.waiter);
         Poll::Ready(Ok(()))
     }
 
     #[inline]
     fn call(&mut self, request: Req) -> Self::Future {
         let first = self.cache.used();
+        if let Reserved::Endpoint(service) = &mut self.reserved {
+            // Called in place: the reservation is not moved out, only its accounting.
+            let future = service.call(request);
+            self.reserved = Reserved::None;
+            return ResponseFuture::called(future, self.accounting.sent());
+        }
         match std::mem::replace(&mut self.reserved, Reserved::None) {
-            Reserved::Endpoint(mut service, accounting) => {
-                ResponseFuture::called(service.call(request), accounting)
-            }
             Reserved::Keyed => self.call_keyed(request, !first),
             Reserved::Failed(error) => ResponseFuture::failed(error),
-            Reserved::None => ResponseFuture::failed(NotReady::new().into()),
+            Reserved::Endpoint(_) | Reserved::None => {
+                ResponseFuture::failed(NotReady::new().into())
+            }
         }
     }
 }
@@ -350,14 +352,25 @@ where
         // kept candidates again with the real one before anything waits on them.
         let mut noop = Context::from_waker(Waker::noop());
         let health = shared.health.as_deref();
-        match walk.poll(&mut noop, &*snapshot, health, shared.max_tries) {
-            Poll::Ready(Ok(found)) => match reserve(shared, &snapshot, found, &self.classify) {
-                Reserved::Endpoint(mut service, accounting) => {
-                    ResponseFuture::called(service.call(request), accounting)
-                }
-                _ => ResponseFuture::failed(NotReady::new().into()),
-            },
-            Poll::Ready(Err(error)) => ResponseFuture::failed(error),
+        let polled = match walk.first(&mut noop, &*snapshot, health, position, version) {
+            Some(found) => Poll::Ready(Some(found)),
+            None => walk.walk_on(&mut noop, &*snapshot, health, shared.max_tries),
+        };
+        match polled {
+            Poll::Ready(Some(found)) => {
+                let in_flight = walk.take_in_flight();
+                let mut accounting = Accounting::new();
+                let mut service = reserve(
+                    shared,
+                    &snapshot,
+                    found,
+                    in_flight,
+                    &mut accounting,
+                    &self.classify,
+                );
+                ResponseFuture::called(service.call(request), accounting.sent())
+            }
+            Poll::Ready(None) => ResponseFuture::failed(walk.take_error()),
             Poll::Pending => ResponseFuture::routing(Routing {
                 set: snapshot.to_arc(),
                 walk,
@@ -373,15 +386,64 @@ where
     }
 }
 
-/// The reservation of a candidate found ready: counted in flight if the strategy balances on
-/// load, with what outlier detection needs, and one more pick in its statistics.
+/// The walk of a keyless strategy in `poll_ready`: a new walk from `start`, or, without one, the
+/// walk that waits for its kept candidates, which starts over from a new pick if the set changed
+/// meanwhile.
+#[inline]
+fn walk_keyless<St, K, S, Req>(
+    shared: &Shared<St, K, S>,
+    snapshot: &Snapshot<St::Table, K, S>,
+    walk: &mut Walk<S>,
+    start: Option<u64>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Found<S>, BoxError>>
+where
+    St: Route<K, Req>,
+    K: Send + Sync + 'static,
+    S: Service<Req> + Clone + Send + Sync + 'static,
+    S::Error: Into<BoxError>,
+{
+    let (version, health) = (snapshot.members.version, shared.health.as_deref());
+    let polled = match start {
+        None if walk.version() == version => walk.poll(cx, snapshot, health, shared.max_tries),
+        _ => {
+            // The set changed while the caller waited: pick anew over the new one.
+            let start = match start.map(Begin::At) {
+                Some(begin) => begin,
+                None => shared.strategy.start(None::<&Req>),
+            };
+            let position = match start {
+                Begin::At(value) => snapshot.position(value),
+                Begin::AtCall | Begin::NoKey => Err(NotReady::new().into()),
+            };
+            let position = match position {
+                Ok(position) => position,
+                Err(error) => {
+                    walk.clear();
+                    return Poll::Ready(Err(error));
+                }
+            };
+            if let Some(found) = walk.first(cx, snapshot, health, position, version) {
+                return Poll::Ready(Ok(found));
+            }
+            walk.walk_on(cx, snapshot, health, shared.max_tries)
+        }
+    };
+    polled.map(|found| found.ok_or_else(|| walk.take_error()))
+}
+
+/// Reserves a candidate found ready: its clone, with its accounting filled in `accounting`: counted
+/// in flight if the strategy balances on load, one more pick in its statistics, and what outlier
+/// detection needs.
 #[inline]
 fn reserve<St, K, S, C>(
     shared: &Shared<St, K, S>,
     snapshot: &Current<'_, St::Table, K, S>,
     found: Found<S>,
+    in_flight: Option<InFlight>,
+    accounting: &mut Accounting<C>,
     classify: &C,
-) -> Reserved<S, C>
+) -> S
 where
     St: Strategy<K>,
     K: Send + Sync + 'static,
@@ -389,15 +451,14 @@ where
     C: Clone,
 {
     let member = &snapshot.members.list[found.index];
-    let in_flight = match found.in_flight {
+    let in_flight = match in_flight {
         Some(in_flight) => Some(in_flight),
         None => shared.strategy.track(member, &snapshot.members.in_flight),
     };
     let set = || snapshot.to_arc() as Arc<dyn Set>;
     let health = shared.health.as_ref();
-    let accounting =
-        Accounting::routed(&member.state, found.index, in_flight, health, set, classify);
-    Reserved::Endpoint(found.service, accounting)
+    accounting.route(&member.state, found.index, in_flight, health, set, classify);
+    found.service
 }
 
 impl<St, K, S, C> Clone for Balance<St, K, S, C>

@@ -1,8 +1,11 @@
 //! The counters of one endpoint, shared by every snapshot and balancer of its set.
 
-use std::sync::{
-    atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering},
-    Arc,
+use std::{
+    cell::Cell,
+    sync::{
+        atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering},
+        Arc,
+    },
 };
 
 use crate::ejection::EndpointHealth;
@@ -86,49 +89,70 @@ const SHARED: usize = 0;
 /// Which stripes are owned, one bit per stripe.
 static OWNED: AtomicU16 = AtomicU16::new(1 << SHARED);
 
-/// A thread's stripe, given back when the thread ends so that a later thread can own it.
-struct Stripe(usize);
-
-impl Stripe {
-    fn claim() -> Self {
-        let mut owned = OWNED.load(Ordering::Relaxed);
-        loop {
-            let free = !owned;
-            if free == 0 {
-                return Self(SHARED);
-            }
-            let stripe = free.trailing_zeros() as usize;
-            // Acquire: the counts its last owner stored are visible to this thread's additions.
-            match OWNED.compare_exchange_weak(
-                owned,
-                owned | 1 << stripe,
-                Ordering::Acquire,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return Self(stripe),
-                Err(now) => owned = now,
-            }
-        }
-    }
-}
-
-impl Drop for Stripe {
-    fn drop(&mut self) {
-        if self.0 != SHARED {
-            // Release: this thread's last additions happen before the next owner's.
-            OWNED.fetch_and(!(1 << self.0), Ordering::Release);
-        }
-    }
-}
+/// What a thread that has not asked for a stripe yet holds.
+const UNCLAIMED: usize = usize::MAX;
 
 thread_local! {
-    static STRIPE: Stripe = Stripe::claim();
+    /// This thread's stripe. A plain cell without a destructor, so that reading it costs one
+    /// load; the stripe is given back by [`Release`] when the thread ends.
+    static STRIPE: Cell<usize> = const { Cell::new(UNCLAIMED) };
+    /// Gives this thread's stripe back when the thread ends.
+    static RELEASE: Release = const { Release };
 }
 
-/// This thread's stripe; the shared one while the thread is being torn down.
+/// Gives the thread's stripe back, so that a later thread can own it, and leaves the thread on
+/// the shared stripe for whatever it still counts while it is torn down.
+struct Release;
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let stripe = STRIPE.with(|s| s.replace(SHARED));
+        if stripe != SHARED && stripe != UNCLAIMED {
+            // Release: this thread's last additions happen before the next owner's.
+            OWNED.fetch_and(!(1 << stripe), Ordering::Release);
+        }
+    }
+}
+
+/// This thread's stripe.
 #[inline]
 fn stripe() -> usize {
-    STRIPE.try_with(|s| s.0).unwrap_or(SHARED)
+    let stripe = STRIPE.with(Cell::get);
+    if stripe == UNCLAIMED {
+        return claim();
+    }
+    stripe
+}
+
+/// Claims a free stripe for this thread, or the shared one if none is free or the thread is
+/// being torn down.
+#[cold]
+fn claim() -> usize {
+    // Registers the release first: a thread that cannot release a stripe must not own one.
+    if RELEASE.try_with(|_| ()).is_err() {
+        STRIPE.with(|s| s.set(SHARED));
+        return SHARED;
+    }
+    let mut owned = OWNED.load(Ordering::Relaxed);
+    let stripe = loop {
+        let free = !owned;
+        if free == 0 {
+            break SHARED;
+        }
+        let stripe = free.trailing_zeros() as usize;
+        // Acquire: the counts its last owner stored are visible to this thread's additions.
+        match OWNED.compare_exchange_weak(
+            owned,
+            owned | 1 << stripe,
+            Ordering::Acquire,
+            Ordering::Relaxed,
+        ) {
+            Ok(_) => break stripe,
+            Err(now) => owned = now,
+        }
+    };
+    STRIPE.with(|s| s.set(stripe));
+    stripe
 }
 
 #[cfg(test)]

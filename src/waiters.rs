@@ -62,10 +62,15 @@ impl Waiters {
     #[inline]
     pub(crate) fn deregister(&self, slot: &mut Option<usize>) {
         if let Some(i) = slot.take() {
-            let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
-            slots.wakers[i] = None;
-            slots.free.push(i);
+            self.free(i);
         }
+    }
+
+    #[inline(never)]
+    fn free(&self, i: usize) {
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        slots.wakers[i] = None;
+        slots.free.push(i);
     }
 
     /// Wakes every registered task; each stays registered until it polls again.

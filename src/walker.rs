@@ -129,15 +129,15 @@ enum Admission {
     Counted,
 }
 
-/// The candidate a walk found ready.
+/// The candidate a walk found ready. Its in-flight count, when loads are bounded, stays with the
+/// walk until [`Walk::take_in_flight`]: kept out of this small value, which the request path moves
+/// around.
 #[derive(Debug)]
 pub(crate) struct Found<S> {
     /// Its index in the snapshot.
     pub(crate) index: usize,
     /// Its clone, made ready.
     pub(crate) service: S,
-    /// Its in-flight count, when loads are bounded.
-    pub(crate) in_flight: Option<InFlight>,
     /// How many steps after the walk's start it was met.
     pub(crate) steps: usize,
 }
@@ -158,6 +158,8 @@ pub(crate) struct Walk<S> {
     error: Option<BoxError>,
     /// The membership version of the snapshot walked.
     version: u64,
+    /// The in-flight count of the candidate found, when loads are bounded.
+    in_flight: Option<InFlight>,
 }
 
 impl<S> Walk<S> {
@@ -172,7 +174,24 @@ impl<S> Walk<S> {
             probes: 0,
             error: None,
             version,
+            in_flight: None,
         }
+    }
+
+    /// The in-flight count of the candidate just found, when loads are bounded.
+    #[inline]
+    pub(crate) fn take_in_flight(&mut self) -> Option<InFlight> {
+        // Checked first: moving the empty value out costs more than looking at it.
+        if self.in_flight.is_some() {
+            self.in_flight.take()
+        } else {
+            None
+        }
+    }
+
+    /// The error the request fails with, once `poll` found nothing.
+    pub(crate) fn take_error(&mut self) -> BoxError {
+        self.error.take().unwrap_or_else(|| NotReady::new().into())
     }
 
     /// Starts over from `start` over the snapshot of `version`: nothing tried, nothing kept.
@@ -182,10 +201,12 @@ impl<S> Walk<S> {
         self.tried.clear();
         self.probes = 0;
         self.error = None;
+        self.in_flight = None;
         self.version = version;
     }
 
     /// Whether the walk waits for pending candidates.
+    #[inline]
     pub(crate) fn is_waiting(&self) -> bool {
         !self.kept.is_empty()
     }
@@ -205,25 +226,87 @@ impl<S> Walk<S> {
         (self.probes, self.kept.len())
     }
 
+    /// The first step of a walk from `start` over the snapshot of `version`: the one most
+    /// requests take alone. Without outlier detection or a load bound every endpoint is eligible,
+    /// so the strategy's own choice is polled at once, and found if it is ready, with no
+    /// bookkeeping. Otherwise the walk starts over from `start`, knowing what that probe learnt,
+    /// and [`Walk::walk_on`] goes on with it.
+    #[inline]
+    pub(crate) fn first<Req, C>(
+        &mut self,
+        cx: &mut Context<'_>,
+        set: &C,
+        health: Option<&Health>,
+        start: u64,
+        version: u64,
+    ) -> Option<Found<S>>
+    where
+        S: Service<Req> + Clone,
+        S::Error: Into<BoxError>,
+        C: Candidates<S> + ?Sized,
+    {
+        self.version = version;
+        if health.is_some() || self.factor.is_some() {
+            self.restart(start, version);
+            return None;
+        }
+        let index = set.candidate(None, start, 0);
+        let mut service = set.service(index).clone();
+        let polled = service.poll_ready(cx);
+        if let Poll::Ready(Ok(())) = polled {
+            return Some(Found {
+                index,
+                service,
+                steps: 0,
+            });
+        }
+        self.restart(start, version);
+        self.position.steps = 1;
+        self.position.eligible_seen = true;
+        self.probes = 1;
+        match polled {
+            Poll::Ready(Err(error)) => self.refused(set, None, index, error.into()),
+            _ => self.keep(index, service, None, 0),
+        }
+        None
+    }
+
     /// Polls the kept candidates, first met first, then further candidates, up to `max_tries`
     /// polled in all: the first that is ready is found. `Pending` while some are pending and
-    /// none is ready (their wake-ups reach `cx`); an [`Unavailable`] error when every one failed
-    /// or none was eligible.
+    /// none is ready (their wake-ups reach `cx`); `Ready(None)` when every one failed or none was
+    /// eligible, with an [`Unavailable`] error to [take](Walk::take_error).
     pub(crate) fn poll<Req, C>(
         &mut self,
         cx: &mut Context<'_>,
         set: &C,
         health: Option<&Health>,
         max_tries: usize,
-    ) -> Poll<Result<Found<S>, BoxError>>
+    ) -> Poll<Option<Found<S>>>
     where
         S: Service<Req> + Clone,
         S::Error: Into<BoxError>,
         C: Candidates<S> + ?Sized,
     {
         if let Some(found) = self.poll_kept(cx, set, health) {
-            return Poll::Ready(Ok(found));
+            return Poll::Ready(Some(found));
         }
+        self.walk_on(cx, set, health, max_tries)
+    }
+
+    /// Polls further candidates, up to `max_tries` polled in all, without polling the kept ones
+    /// again: as [`Walk::poll`], right after [`Walk::first`] or a restart.
+    pub(crate) fn walk_on<Req, C>(
+        &mut self,
+        cx: &mut Context<'_>,
+        set: &C,
+        health: Option<&Health>,
+        max_tries: usize,
+    ) -> Poll<Option<Found<S>>>
+    where
+        S: Service<Req> + Clone,
+        S::Error: Into<BoxError>,
+        C: Candidates<S> + ?Sized,
+    {
         while self.probes < max_tries {
             let Some((index, in_flight, step)) = self.next(set, health) else {
                 break;
@@ -233,35 +316,43 @@ impl<S> Walk<S> {
             match service.poll_ready(cx) {
                 Poll::Ready(Ok(())) => {
                     self.kept.clear();
-                    return Poll::Ready(Ok(Found {
+                    self.in_flight = in_flight;
+                    return Poll::Ready(Some(Found {
                         index,
                         service,
-                        in_flight,
                         steps: step,
                     }));
                 }
-                Poll::Ready(Err(error)) => {
-                    self.tried.push(index as u32);
-                    self.failed(set, health, index, error.into());
-                }
-                Poll::Pending => {
-                    self.tried.push(index as u32);
-                    let admission = if self.position.pass == Pass::Bounded {
-                        Admission::UnderBound
-                    } else {
-                        Admission::Counted
-                    };
-                    // A waiting request holds no count.
-                    drop(in_flight);
-                    self.kept.push(Kept {
-                        index,
-                        service,
-                        admission,
-                        step,
-                    });
-                }
+                Poll::Ready(Err(error)) => self.refused(set, health, index, error.into()),
+                Poll::Pending => self.keep(index, service, in_flight, step),
             }
         }
+        self.unfound(set)
+    }
+
+    /// Keeps a pending candidate, so that its wake-up reaches the caller; a waiting request holds
+    /// no count on it.
+    #[inline(never)]
+    fn keep(&mut self, index: usize, service: S, in_flight: Option<InFlight>, step: usize) {
+        self.tried.push(index as u32);
+        let admission = if self.position.pass == Pass::Bounded {
+            Admission::UnderBound
+        } else {
+            Admission::Counted
+        };
+        drop(in_flight);
+        self.kept.push(Kept {
+            index,
+            service,
+            admission,
+            step,
+        });
+    }
+
+    /// Nothing was found: `Pending` while candidates are kept, `Ready(None)` with the request's
+    /// error otherwise.
+    #[inline(never)]
+    fn unfound<C: Set + ?Sized>(&mut self, set: &C) -> Poll<Option<Found<S>>> {
         if !self.kept.is_empty() {
             return Poll::Pending;
         }
@@ -269,7 +360,8 @@ impl<S> Walk<S> {
             .error
             .take()
             .unwrap_or_else(|| AllEjected::new(set.len()).into());
-        Poll::Ready(Err(Unavailable::new(self.probes, Some(error)).into()))
+        self.error = Some(Unavailable::new(self.probes, Some(error)).into());
+        Poll::Ready(None)
     }
 
     /// Polls the kept candidates in the order they were met: the first that is ready (and, when
@@ -304,14 +396,15 @@ impl<S> Walk<S> {
                         continue;
                     };
                     self.kept.clear();
+                    self.in_flight = in_flight;
                     return Some(Found {
                         index: kept.index,
                         service: kept.service,
-                        in_flight,
                         steps: kept.step,
                     });
                 }
                 Poll::Ready(Err(error)) => {
+                    // Already in `tried`: it was when it was kept.
                     let kept = self.kept.remove(i);
                     self.failed(set, health, kept.index, error.into());
                 }
@@ -333,9 +426,20 @@ impl<S> Walk<S> {
         self.error = Some(error);
     }
 
+    /// A new candidate's readiness failed: it is tried, and failed.
+    #[inline(never)]
+    fn refused<C>(&mut self, set: &C, health: Option<&Health>, index: usize, error: BoxError)
+    where
+        C: Set + ?Sized,
+    {
+        self.tried.push(index as u32);
+        self.failed(set, health, index, error);
+    }
+
     /// The next candidate of the walk that is not tried: its index, its in-flight count when
     /// loads are bounded, and the step that met it. `None` when the walk has met everything it
     /// may.
+    #[inline]
     fn next<C>(
         &mut self,
         set: &C,
@@ -434,38 +538,62 @@ pub(crate) struct Accounting<C> {
 }
 
 impl<C> Accounting<C> {
-    /// The accounting of a request routed to endpoint `index` of a set: one more pick in the
-    /// endpoint's statistics; with outlier detection, what recording its outcome needs (`set`
-    /// gives the set, and is called only then).
+    /// Counts nothing.
+    pub(crate) fn new() -> Self {
+        Self {
+            in_flight: None,
+            outcome: None,
+        }
+    }
+
+    /// A request is routed to endpoint `index` of a set: one more pick in the endpoint's
+    /// statistics, its in-flight count if it has one, and with outlier detection what recording
+    /// its outcome needs (`set` gives the set, and is called only then). Fills `self` in place,
+    /// which must count nothing yet.
     #[inline]
-    pub(crate) fn routed(
+    pub(crate) fn route(
+        &mut self,
         state: &EndpointState,
         index: usize,
         in_flight: Option<InFlight>,
         health: Option<&Arc<Health>>,
         set: impl FnOnce() -> Arc<dyn Set>,
         classify: &C,
-    ) -> Self
-    where
+    ) where
         C: Clone,
     {
         state.picks.add_one();
-        let outcome = health.map(|health| {
+        if in_flight.is_some() {
+            self.in_flight = in_flight;
+        }
+        if let Some(health) = health {
             let outcome = Outcome {
                 health: Arc::clone(health),
                 set: set(),
                 index,
             };
-            (outcome, classify.clone())
-        });
-        Self { in_flight, outcome }
+            self.outcome = Some((outcome, classify.clone()));
+        }
     }
 
-    /// The request was sent to its endpoint: a timed count starts its clock.
+    /// The request was sent to its endpoint: a timed count starts its clock. Returns the
+    /// accounting, leaving one that counts nothing.
     #[inline]
-    pub(crate) fn sent(mut self) -> Self {
-        self.in_flight = self.in_flight.map(InFlight::sent);
-        self
+    pub(crate) fn sent(&mut self) -> Self {
+        // Each part checked first: moving an empty value out costs more than looking at it.
+        let in_flight = match &mut self.in_flight {
+            Some(in_flight) => {
+                in_flight.sent();
+                self.in_flight.take()
+            }
+            None => None,
+        };
+        let outcome = if self.outcome.is_some() {
+            self.outcome.take()
+        } else {
+            None
+        };
+        Self { in_flight, outcome }
     }
 
     /// The response arrived: records its outcome and releases the in-flight count.
@@ -547,16 +675,15 @@ where
         let health = self.health.as_deref();
         let found = match self.walk.poll(cx, &*self.set, health, self.max_tries) {
             Poll::Pending => return Poll::Pending,
-            Poll::Ready(Err(error)) => return Poll::Ready(Routed::Failed(error)),
-            Poll::Ready(Ok(found)) => found,
+            Poll::Ready(None) => return Poll::Ready(Routed::Failed(self.walk.take_error())),
+            Poll::Ready(Some(found)) => found,
         };
         let Found {
-            index,
-            mut service,
-            in_flight,
-            ..
+            index, mut service, ..
         } = found;
-        let accounting = Accounting::routed(
+        let in_flight = self.walk.take_in_flight();
+        let mut accounting = Accounting::new();
+        accounting.route(
             self.set.state(index),
             index,
             in_flight,
@@ -565,7 +692,7 @@ where
             &self.classify,
         );
         Poll::Ready(match self.request.take() {
-            Some(request) => Routed::Called(service.call(request), accounting),
+            Some(request) => Routed::Called(service.call(request), accounting.sent()),
             // Unreachable: a routing that called its endpoint is replaced by the call's future.
             None => Routed::Failed(NotReady::new().into()),
         })
