@@ -2,11 +2,15 @@
 //! (so that a failing test leaves nothing running), with their files in a temporary folder.
 
 use std::{
+    collections::BTreeSet,
     fs,
     net::{Ipv4Addr, TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::atomic::{AtomicUsize, Ordering},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Mutex,
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -14,13 +18,22 @@ use std::{
 /// How long a program may take to accept connections on its port.
 const STARTUP: Duration = Duration::from_secs(20);
 
-/// A port on 127.0.0.1 that nothing listens on now: the kernel's pick for a listener that is
-/// closed at once.
+/// A port on 127.0.0.1 that nothing listens on now (the kernel's pick for a listener that is
+/// closed at once), and that this process has not handed out before: the kernel may offer a port
+/// just closed again, and two servers of a test must not be told the same one.
 pub fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|listener| listener.local_addr())
-        .expect("a free loopback port")
-        .port()
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    // Ports already handed out stay bound until a new one comes, so that the kernel offers others.
+    let mut seen = Vec::new();
+    loop {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("a free loopback port");
+        let port = listener.local_addr().expect("a bound address").port();
+        if handed_out.insert(port) {
+            return port;
+        }
+        seen.push(listener);
+    }
 }
 
 /// A folder of the test's own, removed when dropped.
