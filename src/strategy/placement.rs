@@ -146,8 +146,9 @@ const DEFAULT_MEMCACHED_PORT: &[u8] = b":11211";
 /// let strategy = ConsistentHash::new(key::query("user")).placement(Placement::Nginx);
 /// let balance = BalanceLayer::new(strategy).layer(set);
 ///
-/// // The server nginx picks for `?user=alice`.
-/// assert_eq!(balance.endpoint_for_key("alice"), Some(&"10.0.0.2:8080"));
+/// // The servers that nginx picks for `?user=alice` and `?user=carol`.
+/// assert_eq!(balance.endpoint_for_key("alice"), Some("10.0.0.1:8080"));
+/// assert_eq!(balance.endpoint_for_key("carol"), Some("10.0.0.2:8080"));
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -216,6 +217,9 @@ fn md5_prefix(bytes: &[u8]) -> u32 {
     u32::from_le_bytes([digest[0], digest[1], digest[2], digest[3]])
 }
 
+/// A server's host and port, as the crc32 placements hash them.
+type HostPort<'a> = (Cow<'a, [u8]>, Cow<'a, [u8]>);
+
 /// A point before it goes on the ring: its owner (an index in set order) and its 32-bit hash.
 ///
 /// Deliberately not `Copy`, and of the size and alignment of pingora-ketama's own point (two
@@ -246,7 +250,7 @@ fn place(mut points: Vec<Point>, ties: Ties, endpoints: usize) -> Ring {
         // Each endpoint's points were pushed in set order, so sorting by (hash, owner) orders
         // equal hashes as a stable sort by hash would.
         Ties::FirstEndpoint => points.sort_unstable_by_key(|p| (p.hash, p.owner)),
-        Ties::PingoraSort => points.sort_unstable_by(|a, b| a.hash.cmp(&b.hash)),
+        Ties::PingoraSort => points.sort_unstable_by_key(|p| p.hash),
     }
     points.dedup_by_key(|p| p.hash);
     Ring::from_sorted(
@@ -267,7 +271,7 @@ fn too_many_points(requirement: &'static str, points: u64) -> InvalidConfig {
 /// port.
 fn crc32_ring(
     endpoints: &[(&[u8], u32)],
-    server: fn(&[u8]) -> (Cow<'_, [u8]>, Cow<'_, [u8]>),
+    server: fn(&[u8]) -> HostPort<'_>,
     ties: Ties,
 ) -> Result<Ring, InvalidConfig> {
     let mut total: u64 = 0;
@@ -305,7 +309,7 @@ fn crc32_ring(
 /// nginx's host and port of a `server` address, as `ngx_http_upstream_init_chash` splits it: a
 /// `unix:` path is all host (without the prefix); otherwise the host is what precedes the last
 /// `:` if only digits follow it, else the whole address, with an empty port.
-fn nginx_server(key: &[u8]) -> (Cow<'_, [u8]>, Cow<'_, [u8]>) {
+fn nginx_server(key: &[u8]) -> HostPort<'_> {
     if key.len() >= 5 && key[..5].eq_ignore_ascii_case(b"unix:") {
         return (Cow::Borrowed(&key[5..]), Cow::Borrowed(&[]));
     }
@@ -322,7 +326,7 @@ fn nginx_server(key: &[u8]) -> (Cow<'_, [u8]>, Cow<'_, [u8]>) {
 /// pingora-ketama's host and port: the IP and port of a key that is a socket address, printed
 /// as `SocketAddr::ip` and `SocketAddr::port` print them (IPv6 without brackets or zone, in its
 /// canonical form); any other key as nginx splits it.
-fn pingora_server(key: &[u8]) -> (Cow<'_, [u8]>, Cow<'_, [u8]>) {
+fn pingora_server(key: &[u8]) -> HostPort<'_> {
     match std::str::from_utf8(key)
         .ok()
         .and_then(|s| s.parse::<SocketAddr>().ok())
