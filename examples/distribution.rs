@@ -34,8 +34,8 @@
 //! the set does not alter. tower-lb's own points are 64-bit and break ties by endpoint key bytes.
 //!
 //! libketama's point counts come from single-precision arithmetic over the whole set (N servers
-//! of weight 1 get 160 points each at most N, 156 at N = 100): where adding or removing a server
-//! changes the others' counts, keys move between servers that stayed, in twemproxy and
+//! of weight 1 get 160 points each for most N, 156 at N = 100 and 1001): where adding or removing
+//! a server changes the others' counts, keys move between servers that stayed, in twemproxy and
 //! libmemcached as here.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

@@ -41,7 +41,8 @@ const DEFAULT_MEMCACHED_PORT: &[u8] = b":11211";
 /// - [`PingoraKetama`](Placement::PingoraKetama) to route beside a service that uses
 ///   pingora-ketama's `Continuum`.
 /// - [`Libketama`](Placement::Libketama) to share a memcached pool with twemproxy or with clients
-///   on libmemcached's weighted ketama (such as PHP's `memcached` extension with
+///   on libmemcached's weighted ketama (`MEMCACHED_BEHAVIOR_KETAMA_WEIGHTED`, which also sets md5
+///   as the key hash; PHP's `memcached` extension sets it with
 ///   `Memcached::OPT_LIBKETAMA_COMPATIBLE`): a key written by one is found by the other.
 ///
 /// The compatible placements keep what the default ring has: O(1) lookups through a bucket index,
@@ -90,11 +91,11 @@ const DEFAULT_MEMCACHED_PORT: &[u8] = b":11211";
 ///
 /// Weights are the peer's: nginx's `weight=`, twemproxy's `:weight`. libketama gives a server
 /// `160 × N × weight ÷ total weight` points rounded down to a multiple of 4, computed in single
-/// precision as libmemcached and twemproxy compute it (which gives 100 servers of equal weight 156
-/// points each, not 160, as it gives them there). Unequal weights make every server's
-/// count depend on the whole set: adding a server or changing a weight there moves keys between
-/// other servers too, in tower-lb as in the peer. A server whose weight is below 1/40 of the mean
-/// gets no points, and no keys.
+/// precision as libmemcached and twemproxy compute it: N servers of equal weight get 160 points
+/// each, but 156 for about one N in ten (N = 100 and 1001 among them), there as here. Counts that
+/// depend on the whole set mean that adding a server, or changing a weight, can move keys between
+/// servers that stayed, in tower-lb as in the peer. A server whose weight is below 1/40 of the
+/// mean gets no points, and no keys.
 ///
 /// # Ties
 ///
