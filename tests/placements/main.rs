@@ -1,7 +1,8 @@
 //! `ConsistentHash`'s compatible placements against pingora-ketama: every key on the same server,
 //! for IPv4 and IPv6 socket addresses, equal and unequal weights, N = 3 to 100; ties between the
 //! points of different servers resolved as pingora-ketama resolves them; host names hashed as
-//! nginx hashes them; and the fallback walk following the peer's ring.
+//! nginx hashes them; the fallback walk following the peer's ring; and a ring too large to build
+//! failing its requests rather than mapping keys unlike the peer.
 //!
 //! pingora-ketama takes only socket addresses, so host-name servers are checked against
 //! `nginx_ring` below: nginx's `ngx_http_upstream_init_chash` and `find_chash_point` written out
@@ -459,4 +460,30 @@ async fn unavailable_server_keys_go_to_pingora_ketamas_next_server() {
         let own = continuum.node(key.as_bytes()).unwrap().to_string();
         assert_eq!(route(&svc, key).await, own, "{key}");
     }
+}
+
+#[tokio::test]
+async fn compatible_ring_too_large_to_build_fails_requests_with_invalid_config() {
+    // 26,215 units of weight are 4,194,400 points at nginx's 160 per unit: over the 2^22 cap,
+    // which the compatible placements do not scale under, since scaled counts would map keys
+    // unlike the peer.
+    let server: Mock<Req> = Mock::new("10.0.0.1:8080");
+    let set = Endpoints::try_from_weighted([(server.name(), server.clone(), 26_215)]).unwrap();
+    let strategy = ConsistentHash::new(user_key()).placement(Placement::Nginx);
+    let svc = BalanceLayer::new(strategy).layer(set.clone());
+    assert_eq!(svc.endpoint_for_key("alice"), None);
+    let request = Request::builder()
+        .header("x-key", "alice")
+        .body(())
+        .unwrap();
+    let error = svc.clone().oneshot(request).await.unwrap_err();
+    let error = error
+        .downcast_ref::<tower_lb::error::InvalidConfig>()
+        .expect("an InvalidConfig");
+    assert_eq!(error.option(), "ring points");
+    assert_eq!(server.calls(), 0);
+
+    // One unit less fits, and routes.
+    assert!(set.set_weight(server.name(), 26_214).unwrap());
+    assert_eq!(route(&svc, "alice").await, "10.0.0.1:8080");
 }
