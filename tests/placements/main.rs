@@ -1,7 +1,8 @@
 //! `ConsistentHash`'s compatible placements against pingora-ketama: every key on the same server,
 //! for IPv4 and IPv6 socket addresses, equal and unequal weights, N = 3 to 100; ties between the
 //! points of different servers resolved as pingora-ketama resolves them; host names hashed as
-//! nginx hashes them; the fallback walk following the peer's ring; and a ring too large to build
+//! nginx hashes them; the fallback walk following the peer's ring and bounded loads on a
+//! compatible ring; and a ring too large to build
 //! failing its requests rather than mapping keys unlike the peer.
 //!
 //! pingora-ketama takes only socket addresses, so host-name servers are checked against
@@ -486,4 +487,45 @@ async fn compatible_ring_too_large_to_build_fails_requests_with_invalid_config()
     // One unit less fits, and routes.
     assert!(set.set_weight(server.name(), 26_214).unwrap());
     assert_eq!(route(&svc, "alice").await, "10.0.0.1:8080");
+}
+
+#[tokio::test]
+async fn bounded_load_caps_every_server_on_a_libketama_ring() {
+    const NAMES: [&str; 4] = ["cache-a", "cache-b", "cache-c", "cache-d"];
+    let servers: Vec<Mock<Req>> = NAMES.iter().map(|&name| Mock::new(name)).collect();
+    for server in &servers {
+        server.hold(true);
+    }
+    let set = Endpoints::from_iter(servers.iter().map(|m| (m.name(), m.clone())));
+    let strategy = ConsistentHash::new(user_key())
+        .placement(Placement::Libketama)
+        .bounded_load(1.25)
+        .unwrap();
+    let svc = BalanceLayer::new(strategy).layer(set);
+    let own = svc.endpoint_for_key("hot").unwrap();
+
+    // One hot key: its own server fills up to the bound, then its ring successors take the rest.
+    let mut held = Vec::new();
+    for m in 1..=40usize {
+        let request = Request::builder().header("x-key", "hot").body(()).unwrap();
+        let mut response = tokio_test::task::spawn(svc.clone().oneshot(request));
+        tokio_test::assert_pending!(response.poll());
+        held.push(response);
+        let cap = (1.25 * m as f64 / NAMES.len() as f64).ceil() as usize;
+        for server in &servers {
+            assert!(
+                server.in_flight() <= cap,
+                "{} over {cap} at {m}",
+                server.name()
+            );
+        }
+    }
+    let own = servers.iter().find(|s| s.name() == own).unwrap();
+    assert_eq!(own.in_flight(), 13, "ceil(1.25 * 40 / 4)");
+    for server in &servers {
+        server.release();
+    }
+    for mut response in held {
+        assert!(tokio_test::assert_ready!(response.poll()).is_ok());
+    }
 }
