@@ -2,8 +2,8 @@
 //! for IPv4 and IPv6 socket addresses, equal and unequal weights, N = 3 to 100; ties between the
 //! points of different servers resolved as pingora-ketama resolves them; host names hashed as
 //! nginx hashes them; the fallback walk following the peer's ring and bounded loads on a
-//! compatible ring; and a ring too large to build
-//! failing its requests rather than mapping keys unlike the peer.
+//! compatible ring; and a ring too large to build failing its requests rather than mapping keys
+//! unlike the peer.
 //!
 //! pingora-ketama takes only socket addresses, so host-name servers are checked against
 //! `nginx_ring` below: nginx's `ngx_http_upstream_init_chash` and `find_chash_point` written out
