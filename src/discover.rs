@@ -57,8 +57,8 @@ use pin_project_lite::pin_project;
 use tower::discover::Change;
 
 use crate::{
-    endpoints::{check_weight, upsert, Inner, Member},
-    BoxError, Endpoints,
+    endpoints::{check_weight, upsert, Endpoints, Inner, Member},
+    error::BoxError,
 };
 
 /// One change to an endpoint set, as [`Endpoints::follow`] applies it.

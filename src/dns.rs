@@ -88,7 +88,7 @@ use hickory_resolver::{
 use tokio::time::{Instant, Sleep};
 use tower::discover::Change;
 
-use crate::{discover::Update, BoxError};
+use crate::{discover::Update, error::BoxError};
 
 /// The shortest wait between two lookups that a short TTL can ask for.
 ///

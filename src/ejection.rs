@@ -5,9 +5,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{endpoints::EndpointState, health::OutlierDetection};
+use crate::{health::OutlierDetection, rng::Rng};
 
-/// The health state of one endpoint, kept in its [`EndpointState`].
+/// The health state of one endpoint, kept beside its other counters.
 #[derive(Debug, Default)]
 pub(crate) struct EndpointHealth {
     /// Failures in a row.
@@ -25,7 +25,6 @@ pub(crate) struct EndpointHealth {
 
 /// Outlier detection as a balancer runs it: the settings and the epoch of its clock.
 #[derive(Debug)]
-#[allow(unreachable_pub)]
 pub struct Health {
     config: OutlierDetection,
     epoch: Instant,
@@ -58,20 +57,20 @@ impl Health {
     /// Whether `endpoint` is ejected at `now`. Reads the clock only for endpoints that have been
     /// ejected, so healthy sets pay one atomic load.
     #[inline]
-    pub(crate) fn is_ejected(&self, endpoint: &EndpointState) -> bool {
-        let until = endpoint.health.ejected_until.load(Ordering::Acquire);
+    pub(crate) fn is_ejected(&self, endpoint: &EndpointHealth) -> bool {
+        let until = endpoint.ejected_until.load(Ordering::Acquire);
         until != 0 && self.now() < until
     }
 
-    /// Records a request's outcome on the endpoint at `index` of `states`, ejecting it if this
-    /// failure makes `k` in a row and the ejected share allows.
+    /// Records a request's outcome on `endpoint`, one of `set`, ejecting it if this failure
+    /// makes `k` in a row and the ejected share of the set allows.
     pub(crate) fn record<'a>(
         &self,
-        endpoint: &EndpointState,
+        endpoint: &EndpointHealth,
         failed: bool,
-        set: impl Iterator<Item = &'a EndpointState> + Clone,
+        set: impl Iterator<Item = &'a EndpointHealth> + Clone,
     ) {
-        let health = &endpoint.health;
+        let health = endpoint;
         if !failed {
             health.consecutive.store(0, Ordering::Relaxed);
             if health.ejected_until.load(Ordering::Acquire) != 0 {
@@ -90,7 +89,7 @@ impl Health {
         let total = set.clone().count();
         let ejected = set
             .filter(|e| {
-                let until = e.health.ejected_until.load(Ordering::Acquire);
+                let until = e.ejected_until.load(Ordering::Acquire);
                 until != 0 && now < until
             })
             .count();
@@ -117,11 +116,11 @@ impl Health {
 
     /// The weight factor of slow start at `now`: from a small share up to 1 over the window after
     /// the endpoint's last return.
-    pub(crate) fn slow_start_factor(&self, endpoint: &EndpointState) -> f64 {
+    pub(crate) fn slow_start_factor(&self, endpoint: &EndpointHealth) -> f64 {
         let Some(window) = self.config.slow_start else {
             return 1.0;
         };
-        let since = endpoint.health.since.load(Ordering::Relaxed);
+        let since = endpoint.since.load(Ordering::Relaxed);
         if since == 0 {
             return 1.0;
         }
@@ -129,24 +128,24 @@ impl Health {
         (elapsed / window.as_nanos() as f64).clamp(0.05, 1.0)
     }
 
-    /// Slow start for the strategies that pick without looking at load: whether `member`, the
+    /// Slow start for the strategies that pick without looking at load: whether `endpoint`, the
     /// strategy's choice, takes this request. During its window an endpoint takes each of its
     /// turns with a probability equal to its slow-start factor; a turn it passes goes to the
-    /// endpoints after it, as if it were not ready.
+    /// strategy's next choice, as if it were not ready.
     #[inline]
-    pub(crate) fn admits<K, S>(&self, member: &crate::endpoints::Member<K, S>) -> bool {
+    pub(crate) fn admits(&self, endpoint: &EndpointHealth) -> bool {
         if self.config.slow_start.is_none() {
             return true;
         }
-        let factor = self.slow_start_factor(&member.state);
-        let draw = (crate::strategy::Rng::per_thread().next() >> 11) as f64 / (1u64 << 53) as f64;
+        let factor = self.slow_start_factor(endpoint);
+        let draw = (Rng::per_thread().next() >> 11) as f64 / (1u64 << 53) as f64;
         factor >= 1.0 || draw < factor
     }
 
     /// Marks an endpoint as joining now, for slow start.
-    pub(crate) fn joined(&self, endpoint: &EndpointState) {
+    pub(crate) fn joined(&self, endpoint: &EndpointHealth) {
         if self.config.slow_start.is_some() {
-            let _ = endpoint.health.since.compare_exchange(
+            let _ = endpoint.since.compare_exchange(
                 0,
                 self.now(),
                 Ordering::Relaxed,
@@ -156,8 +155,8 @@ impl Health {
     }
 
     /// How long the endpoint stays ejected from now, if it is.
-    pub(crate) fn ejected_for(&self, endpoint: &EndpointState) -> Option<Duration> {
-        let until = endpoint.health.ejected_until.load(Ordering::Acquire);
+    pub(crate) fn ejected_for(&self, endpoint: &EndpointHealth) -> Option<Duration> {
+        let until = endpoint.ejected_until.load(Ordering::Acquire);
         let now = self.now();
         (until != 0 && now < until).then(|| Duration::from_nanos(until - now))
     }

@@ -6,14 +6,14 @@ use std::{
     iter::FromIterator,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
     sync::{
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize},
         Arc, Mutex, MutexGuard, Weak,
     },
 };
 
 use arc_swap::ArcSwap;
 
-use crate::error::InvalidWeight;
+use crate::{error::InvalidWeight, state::EndpointState, waiters::Waiters};
 
 /// A set of endpoints, each a service identified by a key `K` and carrying a weight.
 ///
@@ -73,7 +73,7 @@ pub(crate) struct Inner<K, S> {
     pub(crate) last_discovery_error: Mutex<Option<String>>,
     /// The discovery drivers feeding this set ([`Endpoints::follow`]), woken when it is dropped
     /// so that they end without waiting for their stream's next item.
-    pub(crate) followers: crate::waiters::Waiters,
+    pub(crate) followers: Waiters,
 }
 
 impl<K, S> Drop for Inner<K, S> {
@@ -92,11 +92,8 @@ pub(crate) struct Members<K, S> {
     pub(crate) in_flight: Arc<AtomicUsize>,
 }
 
-/// One endpoint of a snapshot. Public only to appear in the sealed [`Strategy`] trait; it cannot be
-/// reached from outside the crate.
-///
-/// [`Strategy`]: crate::strategy::Strategy
-#[allow(unreachable_pub)]
+/// One endpoint of a snapshot. Public only to appear in the strategies' internal trait; it cannot
+/// be reached from outside the crate.
 #[derive(Debug)]
 pub struct Member<K, S> {
     pub(crate) key: K,
@@ -117,38 +114,6 @@ impl<K, S> Member<K, S> {
     }
 }
 
-/// Counters of one endpoint, shared by every snapshot and balancer of its set.
-#[derive(Debug, Default)]
-pub(crate) struct EndpointState {
-    /// Requests counted by the strategies that must cap an endpoint's load exactly (bounded
-    /// loads), from routing until the response completes or is dropped.
-    pub(crate) in_flight: AtomicUsize,
-    /// Held by every request in flight that the load-comparing strategies count: its strong
-    /// count less one is their number, so counting a request costs one reference-count update
-    /// each way. Also holds the latency estimate those requests feed.
-    pub(crate) load: Arc<Latency>,
-    /// Requests routed to the endpoint.
-    pub(crate) picks: AtomicU64,
-    /// Passive health: see [`crate::health`].
-    pub(crate) health: crate::ejection::EndpointHealth,
-}
-
-impl EndpointState {
-    /// All the requests in flight on the endpoint that any strategy counts.
-    pub(crate) fn requests(&self) -> usize {
-        self.in_flight.load(Ordering::Acquire) + Arc::strong_count(&self.load) - 1
-    }
-}
-
-/// An endpoint's peak-EWMA round-trip estimate.
-#[derive(Debug, Default)]
-pub(crate) struct Latency {
-    /// The estimate in nanoseconds, as `f64` bits; 0 before the first sample.
-    pub(crate) rtt: AtomicU64,
-    /// When `rtt` was last updated, on the clock of [`crate::load::now`].
-    pub(crate) rtt_at: AtomicU64,
-}
-
 /// Something that must see every new snapshot of a set, such as a balancer's precomputed tables.
 pub(crate) trait Watch<K, S>: Send + Sync {
     fn changed(&self, members: &Arc<Members<K, S>>);
@@ -157,11 +122,6 @@ pub(crate) trait Watch<K, S>: Send + Sync {
 impl<K, S> Members<K, S> {
     pub(crate) fn len(&self) -> usize {
         self.list.len()
-    }
-
-    /// Every endpoint's state, for outlier detection's ejected share.
-    pub(crate) fn states(&self) -> impl Iterator<Item = &EndpointState> + Clone {
-        self.list.iter().map(|m| &*m.state)
     }
 }
 
@@ -251,7 +211,7 @@ where
                 writer: Mutex::new(Vec::new()),
                 discovery_errors: AtomicU64::new(0),
                 last_discovery_error: Mutex::new(None),
-                followers: crate::waiters::Waiters::default(),
+                followers: Waiters::default(),
             }),
         }
     }

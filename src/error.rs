@@ -26,7 +26,8 @@
 
 use std::{error::Error, fmt};
 
-use crate::BoxError;
+/// A type-erased error, as returned by [`Balance`](crate::Balance).
+pub type BoxError = Box<dyn Error + Send + Sync>;
 
 /// The endpoint set was empty when the request was routed.
 ///

@@ -28,10 +28,9 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use crate::{
+    error::BoxError,
     health::{Classify, Errors},
-    load::InFlight,
-    route::{Outcome, Routed, Routing},
-    BoxError,
+    walker::{Accounting, Routed, Routing},
 };
 
 pin_project! {
@@ -58,10 +57,8 @@ pin_project! {
         Called {
             #[pin]
             future: S::Future,
-            // Released when the response completes or the future is dropped.
-            in_flight: Option<InFlight>,
-            // With outlier detection: recorded when the response completes.
-            outcome: Option<(Outcome<S>, C)>,
+            // Settled when the response completes; a dropped future releases its count.
+            accounting: Accounting<C>,
         },
         // Boxed: only requests whose first choice was not ready at once pay for its size.
         Routing {
@@ -74,16 +71,12 @@ pin_project! {
 }
 
 impl<S: Service<Req>, Req, C> ResponseFuture<S, Req, C> {
-    pub(crate) fn called(
-        future: S::Future,
-        in_flight: Option<InFlight>,
-        outcome: Option<(Outcome<S>, C)>,
-    ) -> Self {
+    #[inline]
+    pub(crate) fn called(future: S::Future, accounting: Accounting<C>) -> Self {
         Self {
             kind: Kind::Called {
                 future,
-                in_flight: in_flight.map(InFlight::sent),
-                outcome,
+                accounting: accounting.sent(),
             },
         }
     }
@@ -115,18 +108,9 @@ where
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
             let routed = match self.as_mut().project().kind.project() {
-                KindProj::Called {
-                    future,
-                    in_flight,
-                    outcome,
-                } => {
+                KindProj::Called { future, accounting } => {
                     let output = std::task::ready!(future.poll(cx));
-                    if let Some(in_flight) = in_flight.take() {
-                        in_flight.complete();
-                    }
-                    if let Some((outcome, classify)) = outcome.take() {
-                        outcome.record(&output, &classify);
-                    }
+                    accounting.complete(&output);
                     return Poll::Ready(output.map_err(Into::into));
                 }
                 KindProj::Failed { error } => {
@@ -140,9 +124,7 @@ where
                 },
             };
             let next = match routed {
-                Routed::Called(future, in_flight, outcome) => {
-                    Self::called(future, in_flight, outcome)
-                }
+                Routed::Called(future, accounting) => Self::called(future, accounting),
                 Routed::Failed(error) => Self::failed(error),
             };
             self.set(next);
@@ -154,11 +136,13 @@ impl<S: Service<Req>, Req, C> fmt::Debug for ResponseFuture<S, Req, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
             Kind::Called { .. } => f.write_str("ResponseFuture::Called"),
-            Kind::Routing { routing } => f
-                .debug_struct("ResponseFuture::Routing")
-                .field("tried", &routing.tried.len())
-                .field("pending", &routing.pending.len())
-                .finish(),
+            Kind::Routing { routing } => {
+                let (tried, pending) = routing.walk.counts();
+                f.debug_struct("ResponseFuture::Routing")
+                    .field("tried", &tried)
+                    .field("pending", &pending)
+                    .finish()
+            }
             Kind::Failed { error } => f
                 .debug_tuple("ResponseFuture::Failed")
                 .field(error)

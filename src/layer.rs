@@ -3,17 +3,17 @@ use std::fmt;
 use tower_layer::Layer;
 
 use crate::{
+    endpoints::Endpoints,
     health::{Errors, OutlierDetection},
-    service::DEFAULT_MAX_TRIES,
+    service::{Balance, DEFAULT_MAX_TRIES},
     strategy::Strategy,
-    Balance, Endpoints,
 };
 
 /// Builds a [`Balance`] over an endpoint set, for use in a `tower::ServiceBuilder` stack.
 ///
 /// The layer holds the strategy's configuration; each balancer it builds gets its own clone of the
 /// strategy, with fresh state. Middleware added above it (timeouts, retries, rate limits) wraps the
-/// balancer, so a retried request is routed again and can land on another endpoint.
+/// balancer: a retried request is routed again like a new one.
 ///
 /// # Examples
 ///

@@ -88,18 +88,21 @@ mod ejection;
 mod endpoints;
 mod layer;
 mod load;
-mod route;
+mod rng;
 mod service;
+mod snapshot;
+mod state;
+mod stats;
 mod waiters;
+mod walker;
 
 pub use self::{
     endpoints::{EndpointKey, Endpoints},
+    error::BoxError,
     layer::BalanceLayer,
-    service::{Balance, EndpointStats, KeyMap},
+    service::Balance,
+    stats::{EndpointStats, KeyMap},
 };
-
-/// A type-erased error, as returned by [`Balance`].
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Compiles the README's example as a doctest.
 #[cfg(doctest)]

@@ -5,14 +5,14 @@ use std::sync::{
     Arc, OnceLock,
 };
 
-use crate::endpoints::{EndpointState, Latency};
+use crate::state::{EndpointState, Latency};
 
 /// Counts one request against an endpoint (and maybe its set) until it is dropped, so that a
 /// completed, failed or cancelled request releases its count alike.
 ///
-/// Public only to appear in the sealed strategy trait; it cannot be reached from outside the crate.
+/// Public only to appear in the strategies' internal trait; it cannot be reached from outside the
+/// crate.
 #[derive(Debug)]
-#[allow(unreachable_pub)]
 pub struct InFlight(Count);
 
 #[derive(Debug)]

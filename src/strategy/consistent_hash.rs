@@ -1,7 +1,11 @@
 use std::fmt;
 
-use super::{placement::Placement, ring::Ring, sealed::Sealed, Strategy, Walk};
-use crate::{endpoints::Member, error::InvalidConfig, EndpointKey};
+use super::{
+    internal::{wrap, Build, Table},
+    placement::Placement,
+    ring::Ring,
+};
+use crate::{ejection::Health, endpoints::Member, error::InvalidConfig, EndpointKey};
 
 /// Ring points per unit of weight unless configured: ketama's and nginx's choice.
 const DEFAULT_POINTS_PER_WEIGHT: u32 = 160;
@@ -170,26 +174,35 @@ impl<E: fmt::Debug> fmt::Debug for ConsistentHash<E> {
 /// The ring of a membership snapshot. Public only to name it as the strategy's table; it cannot
 /// be reached from outside the crate.
 #[derive(Debug)]
-#[allow(unreachable_pub)]
 pub struct RingTable {
     ring: Ring,
     /// Why the placement could not build the ring (an empty ring then), if it could not.
     error: Option<InvalidConfig>,
 }
 
-impl Walk for RingTable {
-    fn positions(&self) -> usize {
+impl Table for RingTable {
+    #[inline]
+    fn position(&self, hash: u64) -> u64 {
+        self.ring.position(hash) as u64
+    }
+
+    fn span(&self, _endpoints: usize) -> usize {
         self.ring.len()
     }
 
     #[inline]
-    fn start(&self, hash: u64) -> usize {
-        self.ring.position(hash)
+    fn candidate<K, S>(
+        &self,
+        _members: &[Member<K, S>],
+        _health: Option<&Health>,
+        position: u64,
+        step: usize,
+    ) -> usize {
+        self.ring.owner(wrap(position, step, self.ring.len()))
     }
 
-    #[inline]
-    fn owner(&self, position: usize) -> usize {
-        self.ring.owner(position)
+    fn ramps(&self) -> bool {
+        false
     }
 
     fn error(&self) -> Option<&InvalidConfig> {
@@ -197,15 +210,21 @@ impl Walk for RingTable {
     }
 }
 
-impl<E> Sealed for ConsistentHash<E> {}
+impl<E> ConsistentHash<E> {
+    /// The start of a key's walk: its position on the ring's 64-bit circle, as the placement
+    /// hashes it.
+    #[inline]
+    fn hash_key(&self, key: &[u8]) -> u64 {
+        self.placement.key_hash(key)
+    }
+}
 
-impl<K, E> Strategy<K> for ConsistentHash<E>
+impl<K, E> Build<K> for ConsistentHash<E>
 where
     K: EndpointKey,
     E: Send + Sync + 'static,
 {
     type Table = RingTable;
-    const KEYED: bool = true;
 
     fn build<S>(&self, members: &[Member<K, S>]) -> RingTable {
         let keys = super::key_bytes(members);
@@ -223,9 +242,8 @@ where
         }
     }
 
-    #[inline]
-    fn hash_key(&self, key: &[u8]) -> u64 {
-        self.placement.key_hash(key)
+    fn key_hash(&self, key: &[u8]) -> Option<u64> {
+        Some(self.hash_key(key))
     }
 
     fn load_factor(&self) -> Option<f64> {
@@ -233,4 +251,4 @@ where
     }
 }
 
-super::keyed_route!(ConsistentHash);
+super::keyed_start!(ConsistentHash);

@@ -1,7 +1,7 @@
 use std::fmt;
 
-use super::{sealed::Sealed, Strategy, Walk};
-use crate::{endpoints::Member, EndpointKey};
+use super::internal::{wrap, Build, Table};
+use crate::{ejection::Health, endpoints::Member, EndpointKey};
 
 /// Routes each request by the crc32 (IEEE) of its key, modulo the number of endpoints: the same
 /// key always reaches the same endpoint while the membership stays the same.
@@ -72,15 +72,23 @@ impl<E> Hash<E> {
     }
 }
 
+impl<E> Hash<E> {
+    /// The start of a key's walk: its crc32.
+    #[inline]
+    fn hash_key(&self, key: &[u8]) -> u64 {
+        u64::from(crc32fast::hash(key))
+    }
+}
+
 impl<E: fmt::Debug> fmt::Debug for Hash<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Hash").field("key", &self.key).finish()
     }
 }
 
-/// The endpoints in key-byte order, with their weighted slots.
+/// The endpoints in key-byte order, with their weighted slots. Public only to name it as the
+/// strategy's table; it cannot be reached from outside the crate.
 #[derive(Debug)]
-#[allow(unreachable_pub)]
 pub struct HashTable {
     /// Set indices, in key-byte order.
     order: Box<[u32]>,
@@ -89,36 +97,43 @@ pub struct HashTable {
     total: u64,
 }
 
-impl Walk for HashTable {
-    fn positions(&self) -> usize {
+impl Table for HashTable {
+    #[inline]
+    fn position(&self, hash: u64) -> u64 {
+        let slot = hash % self.total.max(1);
+        if self.ends.is_empty() {
+            slot
+        } else {
+            self.ends.partition_point(|&end| end <= slot) as u64
+        }
+    }
+
+    fn span(&self, _endpoints: usize) -> usize {
         self.order.len()
     }
 
     #[inline]
-    fn start(&self, hash: u64) -> usize {
-        let slot = hash % self.total.max(1);
-        if self.ends.is_empty() {
-            slot as usize
-        } else {
-            self.ends.partition_point(|&end| end <= slot)
-        }
+    fn candidate<K, S>(
+        &self,
+        _members: &[Member<K, S>],
+        _health: Option<&Health>,
+        position: u64,
+        step: usize,
+    ) -> usize {
+        self.order[wrap(position, step, self.order.len())] as usize
     }
 
-    #[inline]
-    fn owner(&self, position: usize) -> usize {
-        self.order[position] as usize
+    fn ramps(&self) -> bool {
+        false
     }
 }
 
-impl<E> Sealed for Hash<E> {}
-
-impl<K, E> Strategy<K> for Hash<E>
+impl<K, E> Build<K> for Hash<E>
 where
     K: EndpointKey,
     E: Send + Sync + 'static,
 {
     type Table = HashTable;
-    const KEYED: bool = true;
 
     fn build<S>(&self, members: &[Member<K, S>]) -> HashTable {
         let keys = super::key_bytes(members);
@@ -144,10 +159,9 @@ where
         }
     }
 
-    #[inline]
-    fn hash_key(&self, key: &[u8]) -> u64 {
-        u64::from(crc32fast::hash(key))
+    fn key_hash(&self, key: &[u8]) -> Option<u64> {
+        Some(self.hash_key(key))
     }
 }
 
-super::keyed_route!(Hash);
+super::keyed_start!(Hash);

@@ -1,11 +1,10 @@
 use std::fmt;
 
 use super::{
-    ring::{fmix64, fnv1a64, key_hash},
-    sealed::Sealed,
-    Strategy, Walk,
+    internal::{wrap, Build, Table},
+    ring::{fnv1a64, key_hash},
 };
-use crate::{endpoints::Member, error::InvalidConfig, EndpointKey};
+use crate::{ejection::Health, endpoints::Member, error::InvalidConfig, rng::fmix64, EndpointKey};
 
 /// The lookup table size unless configured: the prime the Maglev paper uses for small clusters.
 const DEFAULT_TABLE_SIZE: usize = 65_537;
@@ -120,7 +119,6 @@ fn is_prime(n: usize) -> bool {
 
 /// The lookup table of a membership snapshot. Public only to name it as the strategy's table; it
 /// cannot be reached from outside the crate.
-#[allow(unreachable_pub)]
 pub struct MaglevTable {
     /// `entries[i]`: the set index of the endpoint owning entry `i`.
     entries: Box<[u32]>,
@@ -203,19 +201,29 @@ impl MaglevTable {
     }
 }
 
-impl Walk for MaglevTable {
-    fn positions(&self) -> usize {
+impl Table for MaglevTable {
+    #[inline]
+    fn position(&self, hash: u64) -> u64 {
+        hash % self.entries.len().max(1) as u64
+    }
+
+    fn span(&self, _endpoints: usize) -> usize {
         self.entries.len()
     }
 
     #[inline]
-    fn start(&self, hash: u64) -> usize {
-        (hash % self.entries.len().max(1) as u64) as usize
+    fn candidate<K, S>(
+        &self,
+        _members: &[Member<K, S>],
+        _health: Option<&Health>,
+        position: u64,
+        step: usize,
+    ) -> usize {
+        self.entries[wrap(position, step, self.entries.len())] as usize
     }
 
-    #[inline]
-    fn owner(&self, position: usize) -> usize {
-        self.entries[position] as usize
+    fn ramps(&self) -> bool {
+        false
     }
 
     fn error(&self) -> Option<&InvalidConfig> {
@@ -223,15 +231,20 @@ impl Walk for MaglevTable {
     }
 }
 
-impl<E> Sealed for Maglev<E> {}
+impl<E> Maglev<E> {
+    /// The start of a key's walk: its crc32, spread over 64 bits.
+    #[inline]
+    fn hash_key(&self, key: &[u8]) -> u64 {
+        key_hash(key)
+    }
+}
 
-impl<K, E> Strategy<K> for Maglev<E>
+impl<K, E> Build<K> for Maglev<E>
 where
     K: EndpointKey,
     E: Send + Sync + 'static,
 {
     type Table = MaglevTable;
-    const KEYED: bool = true;
 
     fn build<S>(&self, members: &[Member<K, S>]) -> MaglevTable {
         let keys = super::key_bytes(members);
@@ -243,13 +256,12 @@ where
         MaglevTable::build(&endpoints, self.table_size)
     }
 
-    #[inline]
-    fn hash_key(&self, key: &[u8]) -> u64 {
-        key_hash(key)
+    fn key_hash(&self, key: &[u8]) -> Option<u64> {
+        Some(self.hash_key(key))
     }
 }
 
-super::keyed_route!(Maglev);
+super::keyed_start!(Maglev);
 
 #[cfg(test)]
 mod tests {
@@ -293,7 +305,7 @@ mod tests {
     fn too_small_a_table_is_an_error_not_a_panic() {
         let t = table(&names(10), |_| 1, 7);
         assert!(t.error().is_some());
-        assert_eq!(t.positions(), 0);
+        assert_eq!(t.span(10), 0);
         let t = table(&names(7), |_| 1, 7);
         assert!(t.error().is_none());
         let mut owners: Vec<u32> = t.entries.to_vec();

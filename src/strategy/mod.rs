@@ -85,207 +85,229 @@ use std::{
     sync::{atomic::AtomicUsize, Arc},
 };
 
-use crate::{ejection::Health, endpoints::Member, error::InvalidConfig, load::InFlight};
+use crate::{
+    ejection::Health, endpoints::Member, error::InvalidConfig, load::InFlight, EndpointKey,
+};
 
-/// A load-balancing strategy, usable with [`BalanceLayer`](crate::BalanceLayer) over endpoints
-/// keyed by `K`.
+/// A load-balancing strategy over endpoints keyed by `K`: the bound under which a
+/// [`Balance`](crate::Balance) and a [`BalanceLayer`](crate::BalanceLayer) can be built and
+/// stored.
 ///
-/// This trait is sealed: the strategies of this crate implement it, and its methods are not part
-/// of the public API.
-pub trait Strategy<K>: sealed::Sealed + Send + Sync + 'static {
-    /// What the strategy precomputes for each membership snapshot.
-    #[doc(hidden)]
-    type Table: Walk + Send + Sync + 'static;
+/// To send requests through the balancer, generic code needs the strategy to route its request
+/// type: write the bound [`Route<K, Req>`](Route), which implies this one.
+///
+/// # Adding a strategy
+///
+/// The trait is sealed: the strategies of this module implement it, through an internal trait
+/// that a new strategy implements in its own file under `src/strategy/`. A strategy provides:
+///
+/// - a **table**, precomputed from each membership snapshot off the request path (a schedule, a
+///   ring, a lookup table, or nothing);
+/// - the **order** in which a request meets the endpoints: where its walk starts (a shared
+///   cursor, a random draw, or the position of the request's key in the table) and which
+///   endpoint comes at each step after that. Keyless strategies start from their own state and
+///   are walked when the caller polls readiness; keyed strategies start from the request's key
+///   and are walked when the request is called;
+/// - optionally, what it counts per request (requests in flight, round trips) and the load bound
+///   of bounded-load hashing.
+///
+/// Everything else (skipping ejected endpoints, slow start, panic mode, the bound on tries,
+/// keeping pending candidates and following membership changes) is the balancer's walk over that
+/// order, the same for every strategy.
+pub trait Strategy<K>: internal::Build<K> {}
 
-    /// Whether the strategy routes by a request key, in `call`, rather than in `poll_ready`.
-    #[doc(hidden)]
-    const KEYED: bool = false;
+impl<K, T: internal::Build<K>> Strategy<K> for T {}
 
-    /// Precomputes the table for a new membership snapshot. Runs off the request path.
-    #[doc(hidden)]
-    fn build<S>(&self, members: &[Member<K, S>]) -> Self::Table;
+/// A [`Strategy`] that routes requests of type `Req`: the bound under which a
+/// [`Balance`](crate::Balance) is a `Service<Req>`.
+///
+/// Keyless strategies ([`RoundRobin`], [`WeightedRoundRobin`], [`PowerOfTwoChoices`],
+/// [`Random`]) route every request type. Keyed strategies ([`Hash`](struct@Hash),
+/// [`ConsistentHash`], [`Maglev`]) route the requests their key extractor reads (see
+/// [`RequestKey`](crate::key::RequestKey)), over endpoints whose keys are [`EndpointKey`]s.
+///
+/// # Examples
+///
+/// A client constructor generic over the strategy:
+///
+/// ```
+/// use std::convert::Infallible;
+/// use http::{Request, Response};
+/// use tower::{service_fn, util::BoxCloneSyncService, Layer, ServiceExt};
+/// use tower_lb::{
+///     key,
+///     strategy::{ConsistentHash, Route, RoundRobin},
+///     Balance, BalanceLayer, Endpoints,
+/// };
+///
+/// type Backend = BoxCloneSyncService<Request<String>, Response<String>, Infallible>;
+///
+/// fn client<St>(strategy: St) -> Balance<St, String, Backend>
+/// where
+///     St: Route<String, Request<String>> + Clone,
+/// {
+///     let backend = |name: &'static str| -> Backend {
+///         BoxCloneSyncService::new(service_fn(move |_req: Request<String>| async move {
+///             Ok(Response::new(name.to_string()))
+///         }))
+///     };
+///     let set = Endpoints::from_iter([
+///         ("10.0.0.1:80".to_string(), backend("a")),
+///         ("10.0.0.2:80".to_string(), backend("b")),
+///     ]);
+///     BalanceLayer::new(strategy).layer(set)
+/// }
+///
+/// # tokio_test::block_on(async {
+/// let request = || Request::builder().uri("/?key=cat").body(String::new()).unwrap();
+/// let round_robin = client(RoundRobin::new());
+/// assert_eq!(round_robin.clone().oneshot(request()).await.unwrap().body(), "a");
+/// assert_eq!(round_robin.clone().oneshot(request()).await.unwrap().body(), "b");
+///
+/// let by_key = client(ConsistentHash::new(key::query("key")));
+/// let first = by_key.clone().oneshot(request()).await.unwrap();
+/// assert_eq!(by_key.clone().oneshot(request()).await.unwrap().body(), first.body());
+/// # });
+/// ```
+pub trait Route<K, Req>: Strategy<K> + internal::Start<K, Req> {}
 
-    /// Keyless strategies: the first candidate for the next request, an index into `members`
-    /// (never empty). Called on the request path: no locks, no allocation.
-    #[doc(hidden)]
-    fn first<S>(
-        &self,
-        _table: &Self::Table,
-        _members: &[Member<K, S>],
-        _health: Option<&Health>,
-    ) -> usize {
-        0
-    }
+impl<K, Req, T: internal::Start<K, Req>> Route<K, Req> for T {}
 
-    /// Keyless strategies that balance on load: counts a request reserved on `member` as in
-    /// flight until its response completes or is dropped.
-    #[doc(hidden)]
-    fn track<S>(&self, _member: &Member<K, S>, _total: &Arc<AtomicUsize>) -> Option<InFlight> {
-        None
-    }
+/// The internal side of [`Strategy`] and [`Route`]: public only to be named in their bounds; it
+/// cannot be reached from outside the crate.
+pub(crate) mod internal {
+    use super::*;
 
-    /// Keyed strategies: the hash of a request key that [`Walk::start`] takes.
-    #[doc(hidden)]
-    fn hash_key(&self, _key: &[u8]) -> u64 {
-        0
-    }
+    /// What every strategy provides.
+    pub trait Build<K>: Send + Sync + 'static {
+        /// What the strategy precomputes for each membership snapshot.
+        type Table: Table;
 
-    /// Keyed strategies with bounded loads: the factor `c` that caps an endpoint's in-flight
-    /// requests at `ceil(c * mean)`.
-    #[doc(hidden)]
-    fn load_factor(&self) -> Option<f64> {
-        None
-    }
-}
+        /// Precomputes the table for a new membership snapshot. Runs off the request path.
+        fn build<S>(&self, members: &[Member<K, S>]) -> Self::Table;
 
-/// How a strategy finds the routing key of a `Req`. Keyless strategies implement it for every
-/// request type and are never asked.
-#[doc(hidden)]
-pub trait Route<K, Req>: Strategy<K> {
-    /// The request's routing key, `None` when it has none.
-    fn request_key<'a>(&'a self, request: &'a Req) -> Option<Cow<'a, [u8]>>;
-}
+        /// Where a request whose key is `key` starts its walk, to be placed by
+        /// [`Table::position`]; `None` for keyless strategies, which map no keys.
+        fn key_hash(&self, key: &[u8]) -> Option<u64>;
 
-/// A keyed table seen as a cycle of positions, each owned by an endpoint: a request key starts at
-/// one position, and its fallbacks are the owners of the positions after it. Public only to bound
-/// [`Strategy::Table`]; it cannot be reached from outside the crate.
-#[allow(unreachable_pub)]
-pub trait Walk {
-    /// The number of positions in the cycle; 0 for keyless tables, which are never walked.
-    fn positions(&self) -> usize;
-    /// The position where the key with this hash starts.
-    fn start(&self, hash: u64) -> usize;
-    /// The index (in set order) of the endpoint owning `position`.
-    fn owner(&self, position: usize) -> usize;
-    /// Why the table could not be built for its membership, if it could not (its requests fail
-    /// with this error).
-    fn error(&self) -> Option<&InvalidConfig> {
-        None
-    }
-}
-
-impl Walk for () {
-    fn positions(&self) -> usize {
-        0
-    }
-    fn start(&self, _hash: u64) -> usize {
-        0
-    }
-    fn owner(&self, _position: usize) -> usize {
-        0
-    }
-}
-
-/// Implements [`Route`] for a keyless strategy.
-macro_rules! keyless_route {
-    ($strategy:ty) => {
-        impl<K, Req> $crate::strategy::Route<K, Req> for $strategy {
-            fn request_key<'a>(&'a self, _request: &'a Req) -> Option<std::borrow::Cow<'a, [u8]>> {
-                None
-            }
+        /// The walk of a request met its endpoint `steps` steps after its start: a strategy that
+        /// hands out turns spends the turns passed over, so that the endpoint after an
+        /// unavailable one is not given that one's share as well.
+        #[inline]
+        fn settled(&self, steps: usize) {
+            let _ = steps;
         }
-    };
-}
-pub(crate) use keyless_route;
 
-/// Implements [`Route`] for a keyed strategy whose `key` field is its [`RequestKey`] extractor.
-///
-/// [`RequestKey`]: crate::key::RequestKey
-macro_rules! keyed_route {
+        /// Counts a request sent to `member` as in flight until its response completes or is
+        /// dropped, for the strategies that balance on load.
+        #[inline]
+        fn track<S>(&self, member: &Member<K, S>, total: &Arc<AtomicUsize>) -> Option<InFlight> {
+            let _ = (member, total);
+            None
+        }
+
+        /// The factor `c` of bounded loads: no endpoint takes more than `ceil(c × mean)` requests
+        /// in flight.
+        fn load_factor(&self) -> Option<f64> {
+            None
+        }
+    }
+
+    /// Where a request's walk starts.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Begin {
+        /// From this value, placed in the table by [`Table::position`].
+        At(u64),
+        /// From the request's key: asked without the request, a keyed strategy waits for it.
+        AtCall,
+        /// The request carries no key.
+        NoKey,
+    }
+
+    /// How a strategy starts the walk of a `Req`.
+    pub trait Start<K, Req>: Build<K> {
+        /// Where the walk starts: keyless strategies answer from their own state (a cursor, a
+        /// random draw) whether or not they see the request, keyed ones from the request's key.
+        /// Asked once per request, before the request is sent; `None` while the caller polls
+        /// readiness.
+        fn start(&self, request: Option<&Req>) -> Begin;
+    }
+
+    /// A table precomputed for one membership snapshot: the order in which a request meets the
+    /// endpoints.
+    pub trait Table: Send + Sync + 'static {
+        /// The position in this table of a walk that starts at `value` (a cursor's turn, random
+        /// bits, a key's hash).
+        fn position(&self, value: u64) -> u64;
+
+        /// The number of steps a walk takes to meet every one of `endpoints` endpoints at least
+        /// once.
+        fn span(&self, endpoints: usize) -> usize;
+
+        /// The endpoint (its index in set order) met at `step` of the walk from `position`. Called
+        /// on the request path: no locks, no allocation.
+        fn candidate<K, S>(
+            &self,
+            members: &[Member<K, S>],
+            health: Option<&Health>,
+            position: u64,
+            step: usize,
+        ) -> usize;
+
+        /// Whether slow start ramps an endpoint's share by passing some of its turns: true for
+        /// keyless strategies; a key's endpoint is its endpoint.
+        fn ramps(&self) -> bool;
+
+        /// Why the table could not be built for its membership, if it could not (its requests fail
+        /// with this error).
+        fn error(&self) -> Option<&InvalidConfig> {
+            None
+        }
+    }
+
+    /// The walk position `position + step` of a keyed table with `positions` positions, for a
+    /// start below `positions` and a step below it.
+    #[inline]
+    pub(crate) fn wrap(position: u64, step: usize, positions: usize) -> usize {
+        let p = position as usize + step;
+        if p >= positions {
+            p - positions
+        } else {
+            p
+        }
+    }
+}
+
+/// Implements [`Start`](internal::Start) for a keyed strategy whose `key` field is its
+/// [`RequestKey`](crate::key::RequestKey) extractor and whose inherent `hash_key` hashes a key.
+macro_rules! keyed_start {
     ($strategy:ident) => {
-        impl<K, E, Req> $crate::strategy::Route<K, Req> for $strategy<E>
+        impl<K, E, Req> $crate::strategy::internal::Start<K, Req> for $strategy<E>
         where
             K: $crate::EndpointKey,
             E: $crate::key::RequestKey<Req> + Send + Sync + 'static,
         {
             #[inline]
-            fn request_key<'a>(&'a self, request: &'a Req) -> Option<std::borrow::Cow<'a, [u8]>> {
-                self.key.key(request)
+            fn start(&self, request: Option<&Req>) -> $crate::strategy::internal::Begin {
+                use $crate::strategy::internal::Begin;
+                match request {
+                    None => Begin::AtCall,
+                    Some(request) => match self.key.key(request) {
+                        Some(key) => Begin::At(self.hash_key(&key)),
+                        None => Begin::NoKey,
+                    },
+                }
             }
         }
     };
 }
-pub(crate) use keyed_route;
+pub(crate) use keyed_start;
 
 /// The key bytes of every member, in set order, for the tables built from them.
-pub(crate) fn key_bytes<K: crate::EndpointKey, S>(members: &[Member<K, S>]) -> Vec<Cow<'_, [u8]>> {
+pub(crate) fn key_bytes<K: EndpointKey, S>(members: &[Member<K, S>]) -> Vec<Cow<'_, [u8]>> {
     members.iter().map(|m| m.key.key_bytes()).collect()
 }
 
-mod sealed {
-    pub trait Sealed {}
-}
-
-/// A cursor on its own cache line, so that requests bumping it do not slow down readers of the
-/// data beside it.
-#[repr(align(64))]
-#[derive(Debug, Default)]
-pub(crate) struct Cursor(std::sync::atomic::AtomicUsize);
-
-impl Cursor {
-    /// Returns the current position and moves to the next.
-    #[inline]
-    pub(crate) fn next(&self) -> usize {
-        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    }
-}
-
-/// A fast random source for the random strategies, without locks or SipHash.
-///
-/// Unseeded, each thread draws from its own generator (splitmix64 over a thread-local counter,
-/// itself seeded from the OS's per-thread hashing keys), so picks on different threads never touch
-/// a shared cache line. Seeded, every clone of the balancer draws from one splitmix64 sequence over
-/// a shared atomic counter, so a single-threaded test replays the same picks.
-#[derive(Debug)]
-pub(crate) enum Rng {
-    PerThread,
-    Seeded(Cursor64),
-}
-
-#[repr(align(64))]
-#[derive(Debug)]
-pub(crate) struct Cursor64(std::sync::atomic::AtomicU64);
-
-const GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
-
-thread_local! {
-    static THREAD_RNG: std::cell::Cell<u64> = std::cell::Cell::new({
-        use std::hash::{BuildHasher, Hasher};
-        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-        hasher.write_u64(0x5eed);
-        hasher.finish()
-    });
-}
-
-impl Rng {
-    pub(crate) fn seeded(seed: u64) -> Self {
-        Self::Seeded(Cursor64(std::sync::atomic::AtomicU64::new(seed)))
-    }
-
-    pub(crate) fn per_thread() -> Self {
-        Self::PerThread
-    }
-
-    /// 64 random bits.
-    #[inline]
-    pub(crate) fn next(&self) -> u64 {
-        let state = match self {
-            Self::PerThread => THREAD_RNG.with(|state| {
-                let next = state.get().wrapping_add(GAMMA);
-                state.set(next);
-                next
-            }),
-            Self::Seeded(cursor) => cursor
-                .0
-                .fetch_add(GAMMA, std::sync::atomic::Ordering::Relaxed)
-                .wrapping_add(GAMMA),
-        };
-        ring::fmix64(state)
-    }
-}
-
-/// A uniform index below `n` from 64 random bits (Lemire's multiply-shift; `n` at least 1).
-#[inline]
-pub(crate) fn below(bits: u64, n: usize) -> usize {
-    ((u128::from(bits) * n as u128) >> 64) as usize
-}
+/// How many random draws a random strategy's walk makes before it falls back to set order, which
+/// meets every endpoint: with half the set ejected, all of them miss once in 65,536 walks.
+pub(crate) const DRAWS: usize = 16;

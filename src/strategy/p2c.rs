@@ -4,12 +4,16 @@ use std::{
     time::Duration,
 };
 
-use super::{below, sealed::Sealed, Rng, Strategy};
+use super::{
+    internal::{Begin, Build, Start, Table},
+    DRAWS,
+};
 use crate::{
     ejection::Health,
     endpoints::Member,
     error::InvalidConfig,
     load::{self, InFlight},
+    rng::{below, redraw, Rng},
 };
 
 /// Power of two choices: each request draws two distinct endpoints at random and goes to the
@@ -24,8 +28,10 @@ use crate::{
 /// balancer over the same set, sees the same loads. A request counts from the moment its endpoint
 /// is reserved in `poll_ready` until its response completes or its future is dropped.
 ///
-/// With a single endpoint, it is used. An endpoint that is not ready is passed over for the
-/// endpoints after it in set order, as with the other keyless strategies.
+/// With a single endpoint, it is used. Ejected endpoints lose every comparison, and a choice that
+/// is ejected or not ready is passed over for a new pair of draws (after 16 pairs, the endpoints
+/// that follow in set order): requests go to eligible endpoints only, none of them favoured for
+/// following an unavailable one.
 ///
 /// Draws come from a fast generator (splitmix64, per thread: no lock, no SipHash);
 /// [`PowerOfTwoChoices::seeded`] draws from one sequence shared by the clones instead, which
@@ -121,37 +127,6 @@ impl PowerOfTwoChoices {
         self.peak_ewma = Some((default_rtt.as_nanos() as f64, 1.0 / decay.as_nanos() as f64));
         Ok(self)
     }
-
-    /// Whether `x` is no more loaded than `y`, loads divided by weight (times the slow-start
-    /// factors `fx` and `fy`, 1 outside slow start).
-    #[inline]
-    fn lighter<K, S>(&self, x: &Member<K, S>, y: &Member<K, S>, fx: f64, fy: f64) -> bool {
-        match self.peak_ewma {
-            None if fx == 1.0 && fy == 1.0 => {
-                // Integer cross-multiplication: in_flight / weight without division.
-                let load_x = x.state.requests() as u128;
-                let load_y = y.state.requests() as u128;
-                load_x * u128::from(y.weight) <= load_y * u128::from(x.weight)
-            }
-            None => {
-                let load_x = x.state.requests() as f64;
-                let load_y = y.state.requests() as f64;
-                load_x * f64::from(y.weight) * fy <= load_y * f64::from(x.weight) * fx
-            }
-            Some((default_ns, rate)) => {
-                let now = load::recent();
-                Self::cost(x, now, default_ns, rate) * f64::from(y.weight) * fy
-                    <= Self::cost(y, now, default_ns, rate) * f64::from(x.weight) * fx
-            }
-        }
-    }
-
-    /// The peak-EWMA load of `member` (not yet divided by its weight) at time `now`.
-    #[inline]
-    fn cost<K, S>(member: &Member<K, S>, now: u64, default_ns: f64, rate: f64) -> f64 {
-        let in_flight = member.state.requests() as f64;
-        load::rtt_estimate(&member.state.load, now, default_ns, rate) * (in_flight + 1.0)
-    }
 }
 
 impl Default for PowerOfTwoChoices {
@@ -192,37 +167,70 @@ impl fmt::Debug for PowerOfTwoChoices {
     }
 }
 
-impl Sealed for PowerOfTwoChoices {}
+/// What a power-of-two-choices walk compares: the strategy's load measure, copied into each
+/// snapshot's table. Public only to name it as the strategy's table; it cannot be reached from
+/// outside the crate.
+#[derive(Debug)]
+pub struct Choices {
+    /// With latency: the estimate of an endpoint not yet measured, in ns, and the decay rate, per ns.
+    peak_ewma: Option<(f64, f64)>,
+}
 
-super::keyless_route!(PowerOfTwoChoices);
-
-impl<K> Strategy<K> for PowerOfTwoChoices {
-    type Table = ();
-
-    fn build<S>(&self, _members: &[Member<K, S>]) {}
-
+impl Choices {
+    /// Whether `x` is no more loaded than `y`, loads divided by weight (times the slow-start
+    /// factors `fx` and `fy`, 1 outside slow start).
     #[inline]
-    fn first<S>(&self, _table: &(), members: &[Member<K, S>], health: Option<&Health>) -> usize {
+    fn lighter<K, S>(&self, x: &Member<K, S>, y: &Member<K, S>, fx: f64, fy: f64) -> bool {
+        match self.peak_ewma {
+            None if fx == 1.0 && fy == 1.0 => {
+                // Integer cross-multiplication: in_flight / weight without division.
+                let load_x = x.state.requests() as u128;
+                let load_y = y.state.requests() as u128;
+                load_x * u128::from(y.weight) <= load_y * u128::from(x.weight)
+            }
+            None => {
+                let load_x = x.state.requests() as f64;
+                let load_y = y.state.requests() as f64;
+                load_x * f64::from(y.weight) * fy <= load_y * f64::from(x.weight) * fx
+            }
+            Some((default_ns, rate)) => {
+                let now = load::recent();
+                Self::cost(x, now, default_ns, rate) * f64::from(y.weight) * fy
+                    <= Self::cost(y, now, default_ns, rate) * f64::from(x.weight) * fx
+            }
+        }
+    }
+
+    /// The peak-EWMA load of `member` (not yet divided by its weight) at time `now`.
+    #[inline]
+    fn cost<K, S>(member: &Member<K, S>, now: u64, default_ns: f64, rate: f64) -> f64 {
+        let in_flight = member.state.requests() as f64;
+        load::rtt_estimate(&member.state.load, now, default_ns, rate) * (in_flight + 1.0)
+    }
+
+    /// The less loaded of two distinct endpoints drawn from `bits`, an ejected one losing to one
+    /// that is not.
+    #[inline]
+    fn choose<K, S>(&self, members: &[Member<K, S>], health: Option<&Health>, bits: u64) -> usize {
         let n = members.len();
         if n == 1 {
             return 0;
         }
-        // One draw for both: the high and low halves are independent enough for two indices.
-        let bits = self.rng.next();
-        let a = below(bits.rotate_right(32), n);
-        let b = (a + 1 + below(bits, n - 1)) % n;
+        let (a, b) = pair(bits, n);
         let (x, y) = (&members[a], &members[b]);
         let a_wins = match health {
             None => self.lighter(x, y, 1.0, 1.0),
-            Some(health) => match (health.is_ejected(&x.state), health.is_ejected(&y.state)) {
-                // An ejected endpoint loses to one that is not.
+            Some(health) => match (
+                health.is_ejected(&x.state.health),
+                health.is_ejected(&y.state.health),
+            ) {
                 (true, false) => false,
                 (false, true) => true,
                 _ => self.lighter(
                     x,
                     y,
-                    health.slow_start_factor(&x.state),
-                    health.slow_start_factor(&y.state),
+                    health.slow_start_factor(&x.state.health),
+                    health.slow_start_factor(&y.state.health),
                 ),
             },
         };
@@ -232,6 +240,60 @@ impl<K> Strategy<K> for PowerOfTwoChoices {
             b
         }
     }
+}
+
+/// Two distinct indices below `n` (at least 2) from one draw: the high and low halves are
+/// independent enough for two indices.
+#[inline]
+fn pair(bits: u64, n: usize) -> (usize, usize) {
+    let a = below(bits.rotate_right(32), n);
+    let b = (a + 1 + below(bits, n - 1)) % n;
+    (a, b)
+}
+
+impl Table for Choices {
+    #[inline]
+    fn position(&self, bits: u64) -> u64 {
+        bits
+    }
+
+    fn span(&self, endpoints: usize) -> usize {
+        DRAWS + endpoints
+    }
+
+    #[inline]
+    fn candidate<K, S>(
+        &self,
+        members: &[Member<K, S>],
+        health: Option<&Health>,
+        bits: u64,
+        step: usize,
+    ) -> usize {
+        match step {
+            0 => self.choose(members, health, bits),
+            step if step < DRAWS => self.choose(members, health, redraw(bits, step)),
+            // Every pair missed: set order, which meets every endpoint.
+            step => (below(bits, members.len()) + step - DRAWS) % members.len(),
+        }
+    }
+
+    fn ramps(&self) -> bool {
+        true
+    }
+}
+
+impl<K> Build<K> for PowerOfTwoChoices {
+    type Table = Choices;
+
+    fn build<S>(&self, _members: &[Member<K, S>]) -> Choices {
+        Choices {
+            peak_ewma: self.peak_ewma,
+        }
+    }
+
+    fn key_hash(&self, _key: &[u8]) -> Option<u64> {
+        None
+    }
 
     #[inline]
     fn track<S>(&self, member: &Member<K, S>, _total: &Arc<AtomicUsize>) -> Option<InFlight> {
@@ -240,5 +302,12 @@ impl<K> Strategy<K> for PowerOfTwoChoices {
             None => in_flight,
             Some((_, rate)) => in_flight.timed(rate),
         })
+    }
+}
+
+impl<K, Req> Start<K, Req> for PowerOfTwoChoices {
+    #[inline]
+    fn start(&self, _request: Option<&Req>) -> Begin {
+        Begin::At(self.rng.next())
     }
 }

@@ -1,14 +1,24 @@
 use std::fmt;
 
-use super::{below, sealed::Sealed, Rng, Strategy, Walk};
-use crate::{ejection::Health, endpoints::Member};
+use super::{
+    internal::{Begin, Build, Start, Table},
+    DRAWS,
+};
+use crate::{
+    ejection::Health,
+    endpoints::Member,
+    rng::{below, redraw, Rng},
+};
 
 /// Sends each request to a random endpoint, in proportion to the weights.
 ///
 /// Picks draw from a fast generator (splitmix64, per thread: no lock, no shared state, no
 /// SipHash). [`Random::seeded`] draws from one sequence shared by the clones instead, which
-/// replays the same picks, for reproducible tests. An endpoint that is not ready is passed over for the endpoints after
-/// it in set order, as with the other keyless strategies.
+/// replays the same picks, for reproducible tests.
+///
+/// An endpoint that is ejected or not ready is passed over for a new draw (after 16 draws that
+/// all missed, the endpoints that follow in set order): requests are drawn among the eligible
+/// endpoints only, in proportion to their weights.
 ///
 /// # Examples
 ///
@@ -81,7 +91,6 @@ impl fmt::Debug for Random {
 /// The cumulative weights of a snapshot, for weighted draws. Public only to name it as a
 /// strategy's table; it cannot be reached from outside the crate.
 #[derive(Debug)]
-#[allow(unreachable_pub)]
 pub struct Weights {
     /// `ends[i]`: the weights of endpoints `0..=i`; empty when every weight is 1.
     ends: Box<[u64]>,
@@ -106,44 +115,66 @@ impl Weights {
         }
     }
 
-    /// An endpoint index drawn in proportion to weight.
+    /// An endpoint index drawn in proportion to weight from 64 random bits.
     #[inline]
-    pub(crate) fn draw(&self, rng: &Rng, len: usize) -> usize {
+    pub(crate) fn draw(&self, bits: u64, len: usize) -> usize {
         match self.ends.last() {
-            None => below(rng.next(), len),
+            None => below(bits, len),
             Some(&total) => {
-                let point = ((u128::from(rng.next()) * u128::from(total)) >> 64) as u64;
+                let point = ((u128::from(bits) * u128::from(total)) >> 64) as u64;
                 self.ends.partition_point(|&end| end <= point)
             }
         }
     }
 }
 
-impl Walk for Weights {
-    fn positions(&self) -> usize {
-        0
+impl Table for Weights {
+    #[inline]
+    fn position(&self, bits: u64) -> u64 {
+        bits
     }
-    fn start(&self, _hash: u64) -> usize {
-        0
+
+    fn span(&self, endpoints: usize) -> usize {
+        DRAWS + endpoints
     }
-    fn owner(&self, _position: usize) -> usize {
-        0
+
+    #[inline]
+    fn candidate<K, S>(
+        &self,
+        members: &[Member<K, S>],
+        _health: Option<&Health>,
+        bits: u64,
+        step: usize,
+    ) -> usize {
+        let n = members.len();
+        match step {
+            0 => self.draw(bits, n),
+            step if step < DRAWS => self.draw(redraw(bits, step), n),
+            // Every draw missed: set order from the first, which meets every endpoint.
+            step => (self.draw(bits, n) + step - DRAWS) % n,
+        }
+    }
+
+    fn ramps(&self) -> bool {
+        true
     }
 }
 
-impl Sealed for Random {}
-
-super::keyless_route!(Random);
-
-impl<K> Strategy<K> for Random {
+impl<K> Build<K> for Random {
     type Table = Weights;
 
     fn build<S>(&self, members: &[Member<K, S>]) -> Weights {
         Weights::new(members)
     }
 
+    fn key_hash(&self, _key: &[u8]) -> Option<u64> {
+        None
+    }
+}
+
+impl<K, Req> Start<K, Req> for Random {
     #[inline]
-    fn first<S>(&self, weights: &Weights, members: &[Member<K, S>], _: Option<&Health>) -> usize {
-        weights.draw(&self.rng, members.len())
+    fn start(&self, _request: Option<&Req>) -> Begin {
+        Begin::At(self.rng.next())
     }
 }

@@ -11,6 +11,8 @@
 
 use std::fmt;
 
+use crate::rng::fmix64;
+
 /// The most points a ring holds before every endpoint's count is scaled down: 48 MiB at 12 bytes
 /// a point (hash and owner), plus a 4 MiB bucket index.
 pub(crate) const MAX_POINTS: u64 = 1 << 22;
@@ -233,17 +235,6 @@ pub(crate) fn fnv1a64(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     })
-}
-
-/// murmur3's 64-bit finalizer: a bijection whose every output bit depends on every input bit.
-#[inline]
-pub(crate) fn fmix64(mut x: u64) -> u64 {
-    x ^= x >> 33;
-    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    x ^= x >> 33;
-    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    x ^= x >> 33;
-    x
 }
 
 #[cfg(test)]

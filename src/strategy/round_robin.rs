@@ -1,7 +1,7 @@
 use std::fmt;
 
-use super::{sealed::Sealed, Cursor, Strategy};
-use crate::{ejection::Health, endpoints::Member};
+use super::internal::{Begin, Build, Start, Table};
+use crate::{ejection::Health, endpoints::Member, rng::Cursor};
 
 /// Sends each request to the next endpoint in set order, with one cursor shared by every clone of
 /// the balancer and every thread.
@@ -11,6 +11,14 @@ use crate::{ejection::Health, endpoints::Member};
 /// [`WeightedRoundRobin`](super::WeightedRoundRobin) to honour them.
 ///
 /// When the set changes, the rotation continues from the same cursor over the new set.
+///
+/// # Unavailable endpoints
+///
+/// An endpoint that is ejected, passes its turn in slow start, or is not ready (pending, or its
+/// readiness fails) is passed over for the next endpoint in set order, and the turns passed over
+/// are spent: the request after goes to the endpoint after that one. The survivors keep an equal
+/// share: with one of 10 endpoints ejected, 9,000 requests give each of the other nine exactly
+/// 1,000, and no survivor takes the missing endpoint's share on top of its own.
 ///
 /// # Examples
 ///
@@ -58,17 +66,59 @@ impl fmt::Debug for RoundRobin {
     }
 }
 
-impl Sealed for RoundRobin {}
+impl<K> Build<K> for RoundRobin {
+    type Table = Rotation;
 
-super::keyless_route!(RoundRobin);
+    fn build<S>(&self, _members: &[Member<K, S>]) -> Rotation {
+        Rotation
+    }
 
-impl<K> Strategy<K> for RoundRobin {
-    type Table = ();
-
-    fn build<S>(&self, _members: &[Member<K, S>]) {}
+    fn key_hash(&self, _key: &[u8]) -> Option<u64> {
+        None
+    }
 
     #[inline]
-    fn first<S>(&self, _table: &(), members: &[Member<K, S>], _: Option<&Health>) -> usize {
-        self.cursor.next() % members.len()
+    fn settled(&self, steps: usize) {
+        if steps != 0 {
+            self.cursor.skip(steps);
+        }
+    }
+}
+
+impl<K, Req> Start<K, Req> for RoundRobin {
+    #[inline]
+    fn start(&self, _request: Option<&Req>) -> Begin {
+        Begin::At(self.cursor.next() as u64)
+    }
+}
+
+/// The set in its own order, from the cursor's turn. Public only to name it as the strategy's
+/// table; it cannot be reached from outside the crate.
+#[derive(Debug)]
+pub struct Rotation;
+
+impl Table for Rotation {
+    #[inline]
+    fn position(&self, turn: u64) -> u64 {
+        turn
+    }
+
+    fn span(&self, endpoints: usize) -> usize {
+        endpoints
+    }
+
+    #[inline]
+    fn candidate<K, S>(
+        &self,
+        members: &[Member<K, S>],
+        _health: Option<&Health>,
+        turn: u64,
+        step: usize,
+    ) -> usize {
+        (turn.wrapping_add(step as u64) % members.len() as u64) as usize
+    }
+
+    fn ramps(&self) -> bool {
+        true
     }
 }

@@ -1,7 +1,7 @@
 use std::fmt;
 
-use super::{sealed::Sealed, Cursor, Strategy};
-use crate::{ejection::Health, endpoints::Member};
+use super::internal::{Begin, Build, Start, Table};
+use crate::{ejection::Health, endpoints::Member, rng::Cursor};
 
 /// The longest schedule precomputed as nginx's smooth sequence, in entries (4 bytes each).
 const MAX_SCHEDULE_LEN: u64 = 1 << 16;
@@ -17,6 +17,14 @@ const MAX_SCHEDULE_WORK: u64 = 1 << 24;
 ///
 /// The sequence is precomputed into a schedule whenever the set changes, and requests walk it with
 /// one atomic cursor shared by all clones of the balancer: picking is O(1), without locks.
+///
+/// # Unavailable endpoints
+///
+/// An endpoint that is ejected, passes its turn in slow start, or is not ready (pending, or its
+/// readiness fails) is passed over for the next turn of the schedule that belongs to another
+/// endpoint, and the turns passed over are spent. The survivors keep their proportions: with the
+/// weight-3 endpoint of weights 1 to 5 ejected, every 12 requests in a row give the others
+/// exactly 1, 2, 4 and 5.
 ///
 /// # Large weights
 ///
@@ -81,7 +89,6 @@ impl fmt::Debug for WeightedRoundRobin {
 /// The precomputed period of a weighted round robin. Public only to name it as the strategy's
 /// table; it cannot be reached from outside the crate.
 #[derive(Debug)]
-#[allow(unreachable_pub)]
 pub enum Schedule {
     /// nginx's smooth sequence, one endpoint index per position.
     Smooth(Box<[u32]>),
@@ -126,7 +133,6 @@ impl Schedule {
     }
 
     /// The number of picks in one period.
-    #[cfg(test)]
     fn period(&self) -> u64 {
         match self {
             Self::Smooth(order) => order.len() as u64,
@@ -243,23 +249,51 @@ fn gcd(mut a: u64, mut b: u64) -> u64 {
     a
 }
 
-impl Sealed for WeightedRoundRobin {}
+/// The most turns of the schedule a walk looks through, per endpoint, before it goes on in set
+/// order: a period can be far longer than the set.
+const SCAN_PER_ENDPOINT: usize = 4;
 
-super::keyless_route!(WeightedRoundRobin);
-
-impl super::Walk for Schedule {
-    fn positions(&self) -> usize {
-        0
-    }
-    fn start(&self, _hash: u64) -> usize {
-        0
-    }
-    fn owner(&self, _position: usize) -> usize {
-        0
+impl Schedule {
+    /// The turns a walk looks through before going on in set order: a whole period when it is
+    /// short enough to meet every endpoint cheaply.
+    fn scan(&self, endpoints: usize) -> usize {
+        let cap = endpoints.saturating_mul(SCAN_PER_ENDPOINT);
+        usize::try_from(self.period()).map_or(cap, |period| period.min(cap))
     }
 }
 
-impl<K> Strategy<K> for WeightedRoundRobin {
+impl Table for Schedule {
+    #[inline]
+    fn position(&self, turn: u64) -> u64 {
+        turn
+    }
+
+    fn span(&self, endpoints: usize) -> usize {
+        self.scan(endpoints) + endpoints
+    }
+
+    #[inline]
+    fn candidate<K, S>(
+        &self,
+        members: &[Member<K, S>],
+        _health: Option<&Health>,
+        turn: u64,
+        step: usize,
+    ) -> usize {
+        let scan = self.scan(members.len());
+        if step < scan {
+            return self.at(turn.wrapping_add(step as u64) as usize);
+        }
+        // Past the scan, set order from the turn's own endpoint: every endpoint is met.
+        (self.at(turn as usize) + step - scan) % members.len()
+    }
+
+    fn ramps(&self) -> bool {
+        true
+    }
+}
+
+impl<K> Build<K> for WeightedRoundRobin {
     type Table = Schedule;
 
     fn build<S>(&self, members: &[Member<K, S>]) -> Schedule {
@@ -267,9 +301,22 @@ impl<K> Strategy<K> for WeightedRoundRobin {
         Schedule::new(&weights)
     }
 
+    fn key_hash(&self, _key: &[u8]) -> Option<u64> {
+        None
+    }
+
     #[inline]
-    fn first<S>(&self, schedule: &Schedule, _: &[Member<K, S>], _: Option<&Health>) -> usize {
-        schedule.at(self.cursor.next())
+    fn settled(&self, steps: usize) {
+        if steps != 0 {
+            self.cursor.skip(steps);
+        }
+    }
+}
+
+impl<K, Req> Start<K, Req> for WeightedRoundRobin {
+    #[inline]
+    fn start(&self, _request: Option<&Req>) -> Begin {
+        Begin::At(self.cursor.next() as u64)
     }
 }
 

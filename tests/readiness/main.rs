@@ -26,8 +26,9 @@ async fn pending_endpoint_is_passed_over_and_gets_no_call() {
     b.set_readiness(Readiness::Pending);
     let svc = balance(&[a.clone(), b.clone(), c.clone()]);
 
-    // The cursor's turn for b goes to the endpoint after it.
-    assert_eq!(send(&svc, 6).await, ["a", "c", "c", "a", "c", "c"]);
+    // b's turn goes to the endpoint after it, and the turn it takes there is spent: c does not
+    // get b's share on top of its own.
+    assert_eq!(send(&svc, 6).await, ["a", "c", "a", "c", "a", "c"]);
     assert_eq!(b.calls(), 0);
 
     b.set_readiness(Readiness::Ready);
@@ -118,7 +119,7 @@ async fn failing_readiness_is_skipped_without_poisoning_the_balancer() {
     b.set_readiness(Readiness::Fail);
     let svc = balance(&[a.clone(), b.clone(), c.clone()]);
 
-    assert_eq!(send(&svc, 6).await, ["a", "c", "c", "a", "c", "c"]);
+    assert_eq!(send(&svc, 6).await, ["a", "c", "a", "c", "a", "c"]);
     assert_eq!(b.calls(), 0);
     // The failing endpoint stays in the set and comes back when it recovers.
     assert_eq!(svc.endpoints().len(), 3);
@@ -187,8 +188,9 @@ async fn weighted_round_robin_passes_over_pending_endpoints_too() {
     .unwrap();
     let svc = BalanceLayer::new(WeightedRoundRobin::new()).layer(set);
 
-    // a a b a c a a, with every turn of a going to the endpoint after it, b.
-    assert_eq!(send(&svc, 7).await, ["b", "b", "b", "b", "c", "b", "b"]);
+    // a a b a c a a: a's turns are passed over for the next turns of the schedule that belong to
+    // others, and spent, so b and c keep their 1:1 proportion.
+    assert_eq!(send(&svc, 7).await, ["b", "c", "b", "c", "b", "c", "b"]);
     assert_eq!(a.calls(), 0);
 }
 

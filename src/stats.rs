@@ -1,0 +1,112 @@
+//! What a balancer tells about its endpoints: per-endpoint statistics and the key map of the keyed
+//! strategies.
+
+use std::{fmt, sync::Arc, time::Duration};
+
+use crate::{
+    snapshot::{Shared, Snapshot},
+    strategy::{internal::Table, Strategy},
+};
+
+/// One endpoint's statistics: see [`Balance::stats`](crate::Balance::stats).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EndpointStats<K> {
+    /// The endpoint's key.
+    pub key: K,
+    /// Its weight.
+    pub weight: u32,
+    /// Requests routed to it.
+    pub picks: u64,
+    /// Requests in flight on it, as the load-aware strategies count them (0 under the others).
+    pub in_flight: usize,
+    /// Failures recorded by outlier detection (0 without it).
+    pub failures: u64,
+    /// How much longer it stays ejected, if it is.
+    pub ejected_for: Option<Duration>,
+}
+
+/// Every endpoint's statistics in the current snapshot of `shared`, in set order.
+pub(crate) fn stats<St, K, S>(shared: &Shared<St, K, S>) -> Vec<EndpointStats<K>>
+where
+    St: Strategy<K>,
+    K: Clone,
+{
+    let snapshot = shared.load();
+    snapshot
+        .members
+        .list
+        .iter()
+        .map(|m| EndpointStats {
+            key: m.key.clone(),
+            weight: m.weight,
+            picks: m.state.picks.get(),
+            in_flight: m.state.requests(),
+            failures: m
+                .state
+                .health
+                .failures
+                .load(std::sync::atomic::Ordering::Relaxed),
+            ejected_for: shared
+                .health
+                .as_ref()
+                .and_then(|health| health.ejected_for(&m.state.health)),
+        })
+        .collect()
+}
+
+/// How a keyed strategy maps request keys to endpoints, for one membership snapshot: see
+/// [`Balance::key_map`](crate::Balance::key_map).
+pub struct KeyMap<St, K, S>
+where
+    St: Strategy<K>,
+{
+    shared: Arc<Shared<St, K, S>>,
+    snapshot: Arc<Snapshot<St::Table, K, S>>,
+}
+
+impl<St, K, S> KeyMap<St, K, S>
+where
+    St: Strategy<K>,
+{
+    /// The key map of the current snapshot of `shared`.
+    pub(crate) fn new(shared: Arc<Shared<St, K, S>>) -> Self {
+        let snapshot = shared.load_full();
+        Self { shared, snapshot }
+    }
+
+    /// The key of the endpoint that `key` is routed to when every endpoint is available (and,
+    /// with bounded loads, none is full). `None` for keyless strategies and empty sets.
+    ///
+    /// Costs a hash of the key and one table lookup: no lock, no allocation.
+    #[inline]
+    pub fn endpoint_for_key(&self, key: impl AsRef<[u8]>) -> Option<&K> {
+        let hash = self.shared.strategy.key_hash(key.as_ref())?;
+        let position = self.snapshot.position(hash).ok()?;
+        let members = &self.snapshot.members.list;
+        let index = self.snapshot.table.candidate(members, None, position, 0);
+        Some(&members[index].key)
+    }
+
+    /// The number of endpoints in the snapshot.
+    pub fn len(&self) -> usize {
+        self.snapshot.members.len()
+    }
+
+    /// Whether the snapshot has no endpoints.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<St, K, S> fmt::Debug for KeyMap<St, K, S>
+where
+    St: Strategy<K> + fmt::Debug,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyMap")
+            .field("strategy", &self.shared.strategy)
+            .field("endpoints", &self.len())
+            .finish()
+    }
+}

@@ -1,0 +1,579 @@
+//! The walk of one request over its candidates, for every strategy.
+//!
+//! A strategy orders the endpoints for a request (see [`Table`](crate::strategy::internal::Table)):
+//! a cursor's turn and the turns after it, random draws, or a key's position in a ring and the
+//! positions after it. The walk takes that order and owns everything else: it passes over ejected
+//! endpoints (and, in panic mode, routes over them anyway), lets slow start pass an endpoint's
+//! turn, keeps loads under their bound, polls at most `max_tries` candidates, keeps the pending
+//! ones so that their wake-ups reach the caller, polls them again first, records failed readiness
+//! for outlier detection, and starts over when a kept candidate is ejected. Keyless strategies
+//! walk in the balancer's `poll_ready`, keyed ones when the request is called, in its response
+//! future if their first choice is not ready at once.
+
+use std::{
+    sync::{atomic::AtomicUsize, Arc},
+    task::{Context, Poll},
+};
+
+use tower_service::Service;
+
+use crate::{
+    ejection::{EndpointHealth, Health},
+    error::{AllEjected, BoxError, NotReady, Unavailable},
+    health::Classify,
+    load::{self, InFlight},
+    state::EndpointState,
+    waiters::Waiters,
+};
+
+/// The endpoints of a membership snapshot, as outlier detection sees them.
+pub(crate) trait Set: Send + Sync {
+    /// The number of endpoints.
+    fn len(&self) -> usize;
+    /// The counters of the endpoint at `index`, in set order.
+    fn state(&self, index: usize) -> &Arc<EndpointState>;
+}
+
+/// A membership snapshot with its strategy's table, as a walk sees it.
+pub(crate) trait Candidates<S>: Set {
+    /// The steps of one pass of a walk: enough to meet every endpoint.
+    fn span(&self) -> usize;
+    /// The endpoint met at `step` of the walk from `position`.
+    fn candidate(&self, health: Option<&Health>, position: u64, step: usize) -> usize;
+    /// Whether slow start may pass the strategy's choice over.
+    fn ramps(&self) -> bool;
+    fn service(&self, index: usize) -> &S;
+    /// Requests in flight over the set, for bounded loads.
+    fn total(&self) -> &Arc<AtomicUsize>;
+    /// The membership version of the snapshot.
+    fn version(&self) -> u64;
+    /// The same snapshot, as outlier detection sees it.
+    fn into_set(self: Arc<Self>) -> Arc<dyn Set>;
+}
+
+/// The balancer's current membership, as a waiting keyed request sees it: when the set changes
+/// while the request waits for readiness, it routes again over the new set.
+pub(crate) trait Membership<S>: Send + Sync {
+    /// The version of the newest snapshot.
+    fn version(&self) -> u64;
+    /// The newest snapshot and the position in it of a key that hashes to `hash`, or the error a
+    /// new request would get (an empty set, a table that could not be built).
+    fn reroute(&self, hash: u64) -> Result<(Arc<dyn Candidates<S>>, u64), BoxError>;
+    /// The tasks a membership change wakes.
+    fn waiters(&self) -> &Waiters;
+}
+
+/// The health of every endpoint of `set`, for outlier detection's ejected share.
+fn healths<C: Set + ?Sized>(set: &C) -> impl Iterator<Item = &EndpointHealth> + Clone {
+    (0..set.len()).map(move |i| &set.state(i).health)
+}
+
+/// The passes of a walk over its order, most demanding first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    /// Not ejected, and under the load bound.
+    Bounded,
+    /// Not ejected.
+    Eligible,
+    /// Any endpoint: panic mode, when nothing is eligible.
+    Panic,
+}
+
+/// Where a walk is in its order.
+#[derive(Debug, Clone, Copy)]
+struct Position {
+    start: u64,
+    steps: usize,
+    pass: Pass,
+    /// Whether the current pass met an endpoint that is not ejected, tried or not.
+    eligible_seen: bool,
+    /// The strategy's choice, when slow start passed its turn: taken at the end of the pass if
+    /// nothing else was.
+    deferred: Option<usize>,
+}
+
+impl Position {
+    fn new(start: u64, bounded: bool) -> Self {
+        Self {
+            start,
+            steps: 0,
+            pass: if bounded {
+                Pass::Bounded
+            } else {
+                Pass::Eligible
+            },
+            eligible_seen: false,
+            deferred: None,
+        }
+    }
+}
+
+/// A candidate the request waits for.
+#[derive(Debug)]
+struct Kept<S> {
+    index: usize,
+    service: S,
+    admission: Admission,
+    /// The step of the walk that met it.
+    step: usize,
+}
+
+/// How a candidate the request waits for is counted once it is ready, when loads are bounded: a
+/// waiting request is in flight nowhere yet, so it holds no count on the candidates it waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admission {
+    /// Met under the load bound: counted only if it is still under the bound once ready.
+    UnderBound,
+    /// Met when every candidate was full (or in panic mode), or loads are not bounded: counted
+    /// whatever its load.
+    Counted,
+}
+
+/// The candidate a walk found ready.
+#[derive(Debug)]
+pub(crate) struct Found<S> {
+    /// Its index in the snapshot.
+    pub(crate) index: usize,
+    /// Its clone, made ready.
+    pub(crate) service: S,
+    /// Its in-flight count, when loads are bounded.
+    pub(crate) in_flight: Option<InFlight>,
+    /// How many steps after the walk's start it was met.
+    pub(crate) steps: usize,
+}
+
+/// One request's walk over its candidates.
+#[derive(Debug)]
+pub(crate) struct Walk<S> {
+    position: Position,
+    /// The load bound's factor, when loads are bounded.
+    factor: Option<f64>,
+    /// The candidates that were pending, in the order they were met.
+    kept: Vec<Kept<S>>,
+    /// The candidates polled and not taken (pending or failed): never polled again as new ones.
+    tried: Vec<u32>,
+    /// How many candidates were polled.
+    probes: usize,
+    /// The last readiness error.
+    error: Option<BoxError>,
+    /// The membership version of the snapshot walked.
+    version: u64,
+}
+
+impl<S> Walk<S> {
+    /// A walk from `start` over the snapshot of `version`, with loads bounded by `factor` if
+    /// given. Allocates nothing until a candidate is not ready.
+    pub(crate) fn new(start: u64, version: u64, factor: Option<f64>) -> Self {
+        Self {
+            position: Position::new(start, factor.is_some()),
+            factor,
+            kept: Vec::new(),
+            tried: Vec::new(),
+            probes: 0,
+            error: None,
+            version,
+        }
+    }
+
+    /// Starts over from `start` over the snapshot of `version`: nothing tried, nothing kept.
+    pub(crate) fn restart(&mut self, start: u64, version: u64) {
+        self.position = Position::new(start, self.factor.is_some());
+        self.kept.clear();
+        self.tried.clear();
+        self.probes = 0;
+        self.error = None;
+        self.version = version;
+    }
+
+    /// Whether the walk waits for pending candidates.
+    pub(crate) fn is_waiting(&self) -> bool {
+        !self.kept.is_empty()
+    }
+
+    /// Stops waiting: drops the kept candidates.
+    pub(crate) fn clear(&mut self) {
+        self.kept.clear();
+    }
+
+    /// The membership version of the snapshot walked.
+    pub(crate) fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// How many candidates were polled, and how many are still waited for.
+    pub(crate) fn counts(&self) -> (usize, usize) {
+        (self.probes, self.kept.len())
+    }
+
+    /// Polls the kept candidates, first met first, then further candidates, up to `max_tries`
+    /// polled in all: the first that is ready is found. `Pending` while some are pending and
+    /// none is ready (their wake-ups reach `cx`); an [`Unavailable`] error when every one failed
+    /// or none was eligible.
+    pub(crate) fn poll<Req, C>(
+        &mut self,
+        cx: &mut Context<'_>,
+        set: &C,
+        health: Option<&Health>,
+        max_tries: usize,
+    ) -> Poll<Result<Found<S>, BoxError>>
+    where
+        S: Service<Req> + Clone,
+        S::Error: Into<BoxError>,
+        C: Candidates<S> + ?Sized,
+    {
+        if let Some(found) = self.poll_kept(cx, set, health) {
+            return Poll::Ready(Ok(found));
+        }
+        while self.probes < max_tries {
+            let Some((index, in_flight, step)) = self.next(set, health) else {
+                break;
+            };
+            self.probes += 1;
+            let mut service = set.service(index).clone();
+            match service.poll_ready(cx) {
+                Poll::Ready(Ok(())) => {
+                    self.kept.clear();
+                    return Poll::Ready(Ok(Found {
+                        index,
+                        service,
+                        in_flight,
+                        steps: step,
+                    }));
+                }
+                Poll::Ready(Err(error)) => {
+                    self.tried.push(index as u32);
+                    self.failed(set, health, index, error.into());
+                }
+                Poll::Pending => {
+                    self.tried.push(index as u32);
+                    let admission = if self.position.pass == Pass::Bounded {
+                        Admission::UnderBound
+                    } else {
+                        Admission::Counted
+                    };
+                    // A waiting request holds no count.
+                    drop(in_flight);
+                    self.kept.push(Kept {
+                        index,
+                        service,
+                        admission,
+                        step,
+                    });
+                }
+            }
+        }
+        if !self.kept.is_empty() {
+            return Poll::Pending;
+        }
+        let error = self
+            .error
+            .take()
+            .unwrap_or_else(|| AllEjected::new(set.len()).into());
+        Poll::Ready(Err(Unavailable::new(self.probes, Some(error)).into()))
+    }
+
+    /// Polls the kept candidates in the order they were met: the first that is ready (and, when
+    /// loads are bounded, still has room) is found; failed ones are recorded and dropped. If one
+    /// was ejected while the request waited, the walk starts over over what is eligible now.
+    fn poll_kept<Req, C>(
+        &mut self,
+        cx: &mut Context<'_>,
+        set: &C,
+        health: Option<&Health>,
+    ) -> Option<Found<S>>
+    where
+        S: Service<Req>,
+        S::Error: Into<BoxError>,
+        C: Candidates<S> + ?Sized,
+    {
+        let mut i = 0;
+        while i < self.kept.len() {
+            let index = self.kept[i].index;
+            let ejected = self.position.pass != Pass::Panic
+                && health.is_some_and(|health| health.is_ejected(&set.state(index).health));
+            if ejected {
+                self.restart(self.position.start, self.version);
+                return None;
+            }
+            match self.kept[i].service.poll_ready(cx) {
+                Poll::Ready(Ok(())) => {
+                    let kept = self.kept.remove(i);
+                    let bounded = kept.admission == Admission::UnderBound;
+                    // Full by now: passed over, as the walk passes over full endpoints.
+                    let Some(in_flight) = count(set, kept.index, self.factor, bounded) else {
+                        continue;
+                    };
+                    self.kept.clear();
+                    return Some(Found {
+                        index: kept.index,
+                        service: kept.service,
+                        in_flight,
+                        steps: kept.step,
+                    });
+                }
+                Poll::Ready(Err(error)) => {
+                    let kept = self.kept.remove(i);
+                    self.failed(set, health, kept.index, error.into());
+                }
+                Poll::Pending => i += 1,
+            }
+        }
+        None
+    }
+
+    /// A candidate's readiness failed: a failure for outlier detection, and the error the request
+    /// fails with if no candidate is found.
+    fn failed<C>(&mut self, set: &C, health: Option<&Health>, index: usize, error: BoxError)
+    where
+        C: Set + ?Sized,
+    {
+        if let Some(health) = health {
+            health.record(&set.state(index).health, true, healths(set));
+        }
+        self.error = Some(error);
+    }
+
+    /// The next candidate of the walk that is not tried: its index, its in-flight count when
+    /// loads are bounded, and the step that met it. `None` when the walk has met everything it
+    /// may.
+    fn next<C>(
+        &mut self,
+        set: &C,
+        health: Option<&Health>,
+    ) -> Option<(usize, Option<InFlight>, usize)>
+    where
+        C: Candidates<S> + ?Sized,
+    {
+        let span = set.span();
+        let position = &mut self.position;
+        loop {
+            if position.steps == span {
+                if let Some(index) = position.deferred.take() {
+                    // Slow start passed the strategy's choice, and nothing else could be taken.
+                    if let Some(in_flight) = count(set, index, self.factor, false) {
+                        return Some((index, in_flight, 0));
+                    }
+                }
+                position.pass = match position.pass {
+                    // Every untried endpoint is at capacity: go round again, ignoring it.
+                    Pass::Bounded => Pass::Eligible,
+                    // Nothing eligible at all: panic mode, if allowed, routes over everything.
+                    Pass::Eligible
+                        if !position.eligible_seen && health.is_some_and(Health::panics) =>
+                    {
+                        Pass::Panic
+                    }
+                    _ => return None,
+                };
+                position.steps = 0;
+            }
+            let step = position.steps;
+            position.steps += 1;
+            let index = set.candidate(health, position.start, step);
+            if position.pass != Pass::Panic {
+                if let Some(health) = health {
+                    let endpoint = &set.state(index).health;
+                    if health.is_ejected(endpoint) {
+                        continue;
+                    }
+                    position.eligible_seen = true;
+                    if step == 0 && set.ramps() && !health.admits(endpoint) {
+                        position.deferred = Some(index);
+                        continue;
+                    }
+                }
+            }
+            if self.tried.contains(&(index as u32)) || position.deferred == Some(index) {
+                continue;
+            }
+            let bounded = position.pass == Pass::Bounded;
+            let Some(in_flight) = count(set, index, self.factor, bounded) else {
+                continue;
+            };
+            return Some((index, in_flight, step));
+        }
+    }
+}
+
+/// Counts a request against endpoint `index` of `set` when loads are bounded by `factor`: under
+/// the bound if `bounded` (`None` when the endpoint is full), whatever its load otherwise.
+/// `Some(None)` when loads are not bounded.
+fn count<C: Candidates<S> + ?Sized, S>(
+    set: &C,
+    index: usize,
+    factor: Option<f64>,
+    bounded: bool,
+) -> Option<Option<InFlight>> {
+    let Some(factor) = factor else {
+        return Some(None);
+    };
+    let state = set.state(index);
+    let total = set.total();
+    if !bounded {
+        return Some(Some(InFlight::acquire_with_total(state, total)));
+    }
+    let current = total.load(std::sync::atomic::Ordering::Acquire);
+    let capacity = load::capacity(factor, current, set.len());
+    InFlight::try_acquire(state, total, capacity).map(Some)
+}
+
+/// What outlier detection needs to record a request's outcome: the endpoint, by its index in the
+/// snapshot it was routed with, and that snapshot, for the ejected share.
+pub(crate) struct Outcome {
+    health: Arc<Health>,
+    set: Arc<dyn Set>,
+    index: usize,
+}
+
+/// What a request counts from the moment it is routed: its in-flight count, released when its
+/// response completes or its future is dropped, and, with outlier detection, its outcome as the
+/// classifier judges it.
+pub(crate) struct Accounting<C> {
+    in_flight: Option<InFlight>,
+    outcome: Option<(Outcome, C)>,
+}
+
+impl<C> Accounting<C> {
+    /// The accounting of a request routed to endpoint `index` of a set: one more pick in the
+    /// endpoint's statistics; with outlier detection, what recording its outcome needs (`set`
+    /// gives the set, and is called only then).
+    #[inline]
+    pub(crate) fn routed(
+        state: &EndpointState,
+        index: usize,
+        in_flight: Option<InFlight>,
+        health: Option<&Arc<Health>>,
+        set: impl FnOnce() -> Arc<dyn Set>,
+        classify: &C,
+    ) -> Self
+    where
+        C: Clone,
+    {
+        state.picks.add_one();
+        let outcome = health.map(|health| {
+            let outcome = Outcome {
+                health: Arc::clone(health),
+                set: set(),
+                index,
+            };
+            (outcome, classify.clone())
+        });
+        Self { in_flight, outcome }
+    }
+
+    /// The request was sent to its endpoint: a timed count starts its clock.
+    #[inline]
+    pub(crate) fn sent(mut self) -> Self {
+        self.in_flight = self.in_flight.map(InFlight::sent);
+        self
+    }
+
+    /// The response arrived: records its outcome and releases the in-flight count.
+    #[inline]
+    pub(crate) fn complete<T, E>(&mut self, result: &Result<T, E>)
+    where
+        C: Classify<T>,
+    {
+        if let Some(in_flight) = self.in_flight.take() {
+            in_flight.complete();
+        }
+        if let Some((outcome, classify)) = self.outcome.take() {
+            let failed = match result {
+                Ok(response) => classify.is_failure(response),
+                Err(_) => true,
+            };
+            let state = &outcome.set.state(outcome.index).health;
+            outcome.health.record(state, failed, healths(&*outcome.set));
+        }
+    }
+}
+
+/// A keyed request whose first choice was not ready at once: it walks on in its response future,
+/// keeping the pending candidates so that their wake-ups reach the task.
+pub(crate) struct Routing<S, Req, C> {
+    pub(crate) set: Arc<dyn Candidates<S>>,
+    pub(crate) walk: Walk<S>,
+    pub(crate) request: Option<Req>,
+    pub(crate) max_tries: usize,
+    pub(crate) health: Option<Arc<Health>>,
+    pub(crate) classify: C,
+    /// The balancer's membership, and the request's key hash, for routing again after a change.
+    pub(crate) membership: Arc<dyn Membership<S>>,
+    pub(crate) hash: u64,
+    /// The request's slot among the tasks a membership change wakes, while it waits.
+    pub(crate) waiter: Option<usize>,
+}
+
+/// What polling a [`Routing`] gave.
+pub(crate) enum Routed<S: Service<Req>, Req, C> {
+    Called(S::Future, Accounting<C>),
+    Failed(BoxError),
+}
+
+impl<S, Req, C> Routing<S, Req, C>
+where
+    S: Service<Req> + Clone,
+    S::Error: Into<BoxError>,
+    C: Clone,
+{
+    pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Routed<S, Req, C>> {
+        let routed = self.route(cx);
+        let (membership, version) = (&self.membership, self.walk.version());
+        if routed.is_pending() {
+            membership.waiters().wait(&mut self.waiter, cx.waker(), || {
+                membership.version() != version
+            });
+        } else {
+            membership.waiters().deregister(&mut self.waiter);
+        }
+        routed
+    }
+
+    fn route(&mut self, cx: &mut Context<'_>) -> Poll<Routed<S, Req, C>> {
+        if self.membership.version() != self.walk.version() {
+            // The set changed while the request waited: route it over the new one, from the
+            // key's position there.
+            match self.membership.reroute(self.hash) {
+                Ok((set, position)) => {
+                    self.walk.restart(position, set.version());
+                    self.set = set;
+                }
+                Err(error) => {
+                    self.walk.clear();
+                    return Poll::Ready(Routed::Failed(error));
+                }
+            }
+        }
+        let health = self.health.as_deref();
+        let found = match self.walk.poll(cx, &*self.set, health, self.max_tries) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Err(error)) => return Poll::Ready(Routed::Failed(error)),
+            Poll::Ready(Ok(found)) => found,
+        };
+        let Found {
+            index,
+            mut service,
+            in_flight,
+            ..
+        } = found;
+        let accounting = Accounting::routed(
+            self.set.state(index),
+            index,
+            in_flight,
+            self.health.as_ref(),
+            || Arc::clone(&self.set).into_set(),
+            &self.classify,
+        );
+        Poll::Ready(match self.request.take() {
+            Some(request) => Routed::Called(service.call(request), accounting),
+            // Unreachable: a routing that called its endpoint is replaced by the call's future.
+            None => Routed::Failed(NotReady::new().into()),
+        })
+    }
+}
+
+impl<S, Req, C> Drop for Routing<S, Req, C> {
+    fn drop(&mut self) {
+        self.membership.waiters().deregister(&mut self.waiter);
+    }
+}
