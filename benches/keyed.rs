@@ -1,5 +1,5 @@
-//! Cost of routing by request key: tower-lb's `Hash` and `ConsistentHash` side by side with a bare
-//! crc32 and with pingora-ketama's ring.
+//! Cost of routing by request key: tower-lb's `Hash` and `ConsistentHash` (on each of its
+//! placements) side by side with a bare crc32, a bare md5 and pingora-ketama's ring.
 //!
 //! One criterion group per endpoint count N (10, 100, 1000), named `key_pick/N=…`. The endpoints
 //! are `10.0.0.1:8080`, `10.0.0.2:8080`, … (`SocketAddr` keys, whose key bytes are that text), all
@@ -9,10 +9,16 @@
 //! Lookups, one key per iteration:
 //!
 //! - `crc32`: `crc32fast::hash(key)` alone, the floor for `Hash`;
+//! - `md5`: the md5 of the key alone (RustCrypto's `md-5`, as tower-lb uses it), the floor for the
+//!   libketama placement, whose request keys are hashed by md5 as memcached clients hash them;
 //! - `tower_lb_hash`: `KeyMap::endpoint_for_key` of a `Balance` with `strategy::Hash` (crc32 of the
 //!   key modulo N), the `KeyMap` taken once outside the timed loop;
 //! - `tower_lb_consistent_hash`: the same with `strategy::ConsistentHash` (160 points per unit of
-//!   weight, the default);
+//!   weight, the default placement);
+//! - `tower_lb_consistent_hash_nginx`, `…_pingora_ketama`, `…_libketama`: the same with
+//!   `ConsistentHash::placement` set to `Placement::Nginx`, `PingoraKetama` and `Libketama`
+//!   (nginx's and pingora-ketama's 32-bit crc32 points and crc32 key hash; libketama's md5 points
+//!   and md5 key hash), looked up through the same bucket index;
 //! - `tower_lb_maglev`: the same with `strategy::Maglev` (a 65,537-entry table);
 //! - `pingora_ketama`: `pingora_ketama::Continuum::node(key)` over `Bucket::new(addr, 1)` for the
 //!   same addresses (weight 1 is 160 points there too: `DEFAULT_POINT_MULTIPLE`). `node` returns
@@ -45,8 +51,9 @@
 //! or freeing requests.
 //!
 //! Before measuring each N, the run checks that `Hash` maps sample keys to
-//! `crc32(key) % N` over the endpoints sorted by key bytes, that both consistent hash rings return
-//! endpoints of the set, and that a request reaches the endpoint `KeyMap` names for its key.
+//! `crc32(key) % N` over the endpoints sorted by key bytes, that the consistent hash rings return
+//! endpoints of the set, that the `PingoraKetama` placement maps every sample key to the node
+//! pingora-ketama returns, and that a request reaches the endpoint `KeyMap` names for its key.
 //!
 //! Run it with:
 //!
@@ -61,9 +68,12 @@
 //! cargo bench --bench keyed -- 'N=1000'
 //! ```
 //!
-//! The figures are read against two bars: at N = 1000, `tower_lb_consistent_hash` takes at most a
+//! The figures are read against three bars: at N = 1000, `tower_lb_consistent_hash` takes at most a
 //! third of `pingora_ketama`'s time (a bucket index, O(1) expected, against a binary search over
-//! 160 000 points); and `tower_lb_hash` takes at most 5 ns more than `crc32`.
+//! 160 000 points); `tower_lb_hash` takes at most 5 ns more than `crc32`; and the compatible
+//! placements look keys up no slower than the default placement, once their key hash is counted
+//! apart (crc32 for nginx and pingora-ketama, as the default; md5 for libketama, whose figure is
+//! read as its time over `md5`'s beside the default's over `crc32`'s).
 
 #[path = "support/mod.rs"]
 mod support;
@@ -83,7 +93,7 @@ use support::{request, Endpoint};
 use tower_layer::Layer;
 use tower_lb::{
     key::{self, Header},
-    strategy::{ConsistentHash, Hash, Maglev, Strategy},
+    strategy::{ConsistentHash, Hash, Maglev, Placement, Strategy},
     Balance, BalanceLayer, EndpointKey, Endpoints,
 };
 use tower_service::Service;
@@ -117,7 +127,17 @@ fn hash(n: usize) -> Balance<Hash<Header>, SocketAddr, Endpoint> {
 }
 
 fn consistent_hash(n: usize) -> Balance<ConsistentHash<Header>, SocketAddr, Endpoint> {
-    BalanceLayer::new(ConsistentHash::new(key_header())).layer(endpoints(n))
+    placed(n, Placement::Native)
+}
+
+fn placed(n: usize, placement: Placement) -> Balance<ConsistentHash<Header>, SocketAddr, Endpoint> {
+    BalanceLayer::new(ConsistentHash::new(key_header()).placement(placement)).layer(endpoints(n))
+}
+
+/// md5 of `bytes`, as the libketama placement hashes request keys.
+fn md5(bytes: &[u8]) -> [u8; 16] {
+    use md5::Digest;
+    md5::Md5::digest(bytes).into()
 }
 
 fn maglev(n: usize) -> Balance<Maglev<Header>, SocketAddr, Endpoint> {
@@ -203,6 +223,24 @@ fn sanity_check(n: usize, keys: &[String]) {
     let reached = n.min(KEYS) / 2;
     assert!(ours.len() >= reached && theirs.len() >= reached);
 
+    // The compatible placements: endpoints of the set, and pingora-ketama's node for every key on
+    // its own placement.
+    for placement in [
+        Placement::Nginx,
+        Placement::PingoraKetama,
+        Placement::Libketama,
+    ] {
+        let balance = placed(n, placement);
+        let map = balance.key_map();
+        for key in keys {
+            let ours = *map.endpoint_for_key(key).expect("a nonempty ring");
+            assert!(set.contains(&ours), "{placement:?} {key}: {ours}");
+            if placement == Placement::PingoraKetama {
+                assert_eq!(Some(ours), continuum.node(key.as_bytes()), "{key}");
+            }
+        }
+    }
+
     // Requests reach the endpoint that the key map names.
     fn check<St>(balance: &mut Balance<St, SocketAddr, Endpoint>, keys: &[String])
     where
@@ -226,6 +264,7 @@ fn keyed(c: &mut Criterion) {
         let mut group = c.benchmark_group(format!("key_pick/N={n}"));
 
         bench_lookup(&mut group, "crc32", &keys, crc32fast::hash);
+        bench_lookup(&mut group, "md5", &keys, md5);
 
         let balance = hash(n);
         let map = balance.key_map();
@@ -238,6 +277,19 @@ fn keyed(c: &mut Criterion) {
         bench_lookup(&mut group, "tower_lb_consistent_hash", &keys, |key| {
             map.endpoint_for_key(key)
         });
+
+        for (name, placement) in [
+            ("tower_lb_consistent_hash_nginx", Placement::Nginx),
+            (
+                "tower_lb_consistent_hash_pingora_ketama",
+                Placement::PingoraKetama,
+            ),
+            ("tower_lb_consistent_hash_libketama", Placement::Libketama),
+        ] {
+            let balance = placed(n, placement);
+            let map = balance.key_map();
+            bench_lookup(&mut group, name, &keys, |key| map.endpoint_for_key(key));
+        }
 
         let balance = maglev(n);
         let map = balance.key_map();

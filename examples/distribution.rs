@@ -5,9 +5,11 @@
 //! ```
 //!
 //! Prints how evenly consistent hashing spreads keys over endpoints, and how many keys move when
-//! an endpoint joins or leaves, for tower-lb's `ConsistentHash` and for pingora-ketama's
-//! `Continuum` (both ketama rings of 160 points per unit of weight), with tower-lb's `Hash`
-//! (crc32 modulo N) for contrast.
+//! an endpoint joins or leaves, for tower-lb's `ConsistentHash` on each of its placements (its
+//! own ring, and the rings of nginx, pingora-ketama and libketama that it reproduces) and for
+//! pingora-ketama's `Continuum`, all of 160 points per unit of weight (libketama: 160 per server
+//! of mean weight, give or take single-precision rounding), with tower-lb's `Hash` (crc32 modulo
+//! N) for contrast.
 //!
 //! For N = 10, 100 and 1000 endpoints `10.0.0.1:8080`, `10.0.0.2:8080`, … of weight 1, the
 //! 1,000,000 keys `key-0` … `key-999999` are mapped, and the table shows:
@@ -27,14 +29,21 @@
 //! At N = 1000, a few pingora-ketama keys move between two old endpoints: its points are 32-bit
 //! crc32s, two pairs of endpoints here have a point at the same hash, and it keeps one point of
 //! each pair after an unstable sort by hash alone, so which endpoint keeps it can change with the
-//! rest of the set. tower-lb's points are 64-bit and break ties by endpoint key bytes.
+//! rest of the set. The `PingoraKetama` placement reproduces that sort, and so those moves; the
+//! `Nginx` placement keeps the endpoint listed first, as nginx does, which a change elsewhere in
+//! the set does not alter. tower-lb's own points are 64-bit and break ties by endpoint key bytes.
+//!
+//! libketama's point counts come from single-precision arithmetic over the whole set (N servers
+//! of weight 1 get 160 points each for most N, 156 at N = 100 and 1001): where adding or removing
+//! a server changes the others' counts, keys move between servers that stayed, in twemproxy and
+//! libmemcached as here.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use pingora_ketama::{Bucket, Continuum};
 use tower_lb::{
     key,
-    strategy::{ConsistentHash, Hash},
+    strategy::{ConsistentHash, Hash, Placement},
     Balance, Endpoints,
 };
 
@@ -59,13 +68,31 @@ fn number(addr: SocketAddr) -> u32 {
 /// Maps every key to the number of its endpoint, over the endpoints numbered `members`.
 type Mapping = fn(&[usize], &[String]) -> Vec<u32>;
 
-fn tower_lb_consistent_hash(members: &[usize], keys: &[String]) -> Vec<u32> {
+/// tower-lb's `ConsistentHash` on `placement`.
+fn consistent_hash(placement: Placement, members: &[usize], keys: &[String]) -> Vec<u32> {
     let set = Endpoints::from_iter(members.iter().map(|&i| (addr(i), ())));
-    let balance = Balance::new(ConsistentHash::new(key::path()), set);
+    let strategy = ConsistentHash::new(key::path()).placement(placement);
+    let balance = Balance::new(strategy, set);
     let map = balance.key_map();
     keys.iter()
         .map(|key| number(*map.endpoint_for_key(key).expect("a nonempty set")))
         .collect()
+}
+
+fn tower_lb_consistent_hash(members: &[usize], keys: &[String]) -> Vec<u32> {
+    consistent_hash(Placement::Native, members, keys)
+}
+
+fn tower_lb_nginx(members: &[usize], keys: &[String]) -> Vec<u32> {
+    consistent_hash(Placement::Nginx, members, keys)
+}
+
+fn tower_lb_pingora_ketama(members: &[usize], keys: &[String]) -> Vec<u32> {
+    consistent_hash(Placement::PingoraKetama, members, keys)
+}
+
+fn tower_lb_libketama(members: &[usize], keys: &[String]) -> Vec<u32> {
+    consistent_hash(Placement::Libketama, members, keys)
 }
 
 fn tower_lb_hash(members: &[usize], keys: &[String]) -> Vec<u32> {
@@ -161,10 +188,13 @@ fn none_strayed(stray: usize) -> String {
 
 fn main() {
     let keys: Vec<String> = (0..KEYS).map(|i| format!("key-{i}")).collect();
-    let strategies: [(&str, Mapping); 3] = [
-        ("tower-lb ConsistentHash", tower_lb_consistent_hash),
+    let strategies: [(&str, Mapping); 6] = [
+        ("ConsistentHash Native", tower_lb_consistent_hash),
+        ("ConsistentHash Nginx", tower_lb_nginx),
+        ("ConsistentHash PingoraKetama", tower_lb_pingora_ketama),
+        ("ConsistentHash Libketama", tower_lb_libketama),
         ("pingora-ketama Continuum", pingora_ketama),
-        ("tower-lb Hash (crc32 % N)", tower_lb_hash),
+        ("Hash (crc32 % N)", tower_lb_hash),
     ];
 
     println!(
@@ -172,7 +202,7 @@ fn main() {
         KEYS - 1
     );
     println!(
-        "{:<25} {:>5} {:>8} {:>8} {:>7}  {:>18} {:>12}  {:>19} {:>12}",
+        "{:<28} {:>5} {:>8} {:>8} {:>7}  {:>18} {:>12}  {:>19} {:>12}",
         "strategy",
         "N",
         "max/mean",
@@ -187,7 +217,7 @@ fn main() {
         for (name, mapping) in strategies {
             let row = measure(n, mapping, &keys);
             println!(
-                "{:<25} {:>5} {:>8.3} {:>8.3} {:>7.4}  {:>8.3}% ({:>5.2}%) {:>12}  {:>9.3}% ({:>5.2}%) {:>12}",
+                "{:<28} {:>5} {:>8.3} {:>8.3} {:>7.4}  {:>8.3}% ({:>5.2}%) {:>12}  {:>9.3}% ({:>5.2}%) {:>12}",
                 name,
                 n,
                 row.max,

@@ -2,7 +2,8 @@ use std::fmt;
 
 use super::{
     internal::{wrap, Build, Table},
-    ring::{self, Ring},
+    placement::Placement,
+    ring::Ring,
 };
 use crate::{ejection::Health, endpoints::Member, error::InvalidConfig, EndpointKey};
 
@@ -19,6 +20,11 @@ const MAX_POINTS_PER_WEIGHT: u32 = 1 << 16;
 /// only on the membership and the weights, not on insertion order, process or run. A key's
 /// position is the crc32 (IEEE) of its bytes, spread over 64 bits. Lookups use a bucket index
 /// over the sorted points: O(1) on average, without allocation or locks.
+///
+/// That ring is tower-lb's own: **it does not map keys as nginx, pingora-ketama or memcached
+/// clients do**, even with the same servers. To share a key space with them, pick the peer's
+/// [`placement`](ConsistentHash::placement): [`Placement::Nginx`], [`Placement::PingoraKetama`]
+/// or [`Placement::Libketama`] rebuild the peer's ring exactly and keep everything below.
 ///
 /// - Adding an endpoint moves to it about `1 / (N + 1)` of the keys, and no other key moves.
 /// - Removing an endpoint moves only its keys, each to the next endpoint on the ring.
@@ -78,6 +84,7 @@ pub struct ConsistentHash<E> {
     key: E,
     points_per_weight: u32,
     load_factor: Option<f64>,
+    placement: Placement,
 }
 
 impl<E> ConsistentHash<E> {
@@ -91,11 +98,32 @@ impl<E> ConsistentHash<E> {
             key,
             points_per_weight: DEFAULT_POINTS_PER_WEIGHT,
             load_factor: None,
+            placement: Placement::Native,
         }
     }
 
+    /// Places the ring's points, and hashes request keys onto it, as `placement` says: tower-lb's
+    /// own ring ([`Placement::Native`], the default), or one that maps every key exactly as nginx,
+    /// pingora-ketama or libketama (twemproxy, libmemcached) does. See [`Placement`] for which to
+    /// pick and how endpoint keys must name the servers.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tower_lb::{key, strategy::{ConsistentHash, Placement}};
+    ///
+    /// // The memcached pool that twemproxy shards with `distribution: ketama` and `hash: md5`.
+    /// let strategy = ConsistentHash::new(key::path()).placement(Placement::Libketama);
+    /// # let _ = strategy;
+    /// ```
+    pub fn placement(mut self, placement: Placement) -> Self {
+        self.placement = placement;
+        self
+    }
+
     /// Sets the number of ring points per unit of weight (default 160). More points spread keys
-    /// more evenly, at the cost of memory (12 bytes a point) and build time.
+    /// more evenly, at the cost of memory (12 bytes a point) and build time. Only the default
+    /// [`Placement::Native`] counts it: the compatible placements use their peer's counts.
     ///
     /// # Errors
     ///
@@ -138,6 +166,7 @@ impl<E: fmt::Debug> fmt::Debug for ConsistentHash<E> {
             .field("key", &self.key)
             .field("points_per_weight", &self.points_per_weight)
             .field("load_factor", &self.load_factor)
+            .field("placement", &self.placement)
             .finish()
     }
 }
@@ -145,16 +174,20 @@ impl<E: fmt::Debug> fmt::Debug for ConsistentHash<E> {
 /// The ring of a membership snapshot. Public only to name it as the strategy's table; it cannot
 /// be reached from outside the crate.
 #[derive(Debug)]
-pub struct RingTable(Ring);
+pub struct RingTable {
+    ring: Ring,
+    /// Why the placement could not build the ring (an empty ring then), if it could not.
+    error: Option<InvalidConfig>,
+}
 
 impl Table for RingTable {
     #[inline]
     fn position(&self, hash: u64) -> u64 {
-        self.0.position(hash) as u64
+        self.ring.position(hash) as u64
     }
 
     fn span(&self, _endpoints: usize) -> usize {
-        self.0.len()
+        self.ring.len()
     }
 
     #[inline]
@@ -165,19 +198,24 @@ impl Table for RingTable {
         position: u64,
         step: usize,
     ) -> usize {
-        self.0.owner(wrap(position, step, self.0.len()))
+        self.ring.owner(wrap(position, step, self.ring.len()))
     }
 
     fn ramps(&self) -> bool {
         false
     }
+
+    fn error(&self) -> Option<&InvalidConfig> {
+        self.error.as_ref()
+    }
 }
 
 impl<E> ConsistentHash<E> {
-    /// The start of a key's walk: its position on the ring's 64-bit circle.
+    /// The start of a key's walk: its position on the ring's 64-bit circle, as the placement
+    /// hashes it.
     #[inline]
     fn hash_key(&self, key: &[u8]) -> u64 {
-        ring::key_hash(key)
+        self.placement.key_hash(key)
     }
 }
 
@@ -190,12 +228,18 @@ where
 
     fn build<S>(&self, members: &[Member<K, S>]) -> RingTable {
         let keys = super::key_bytes(members);
-        RingTable(Ring::new(
-            keys.iter()
-                .zip(members)
-                .map(|(key, m)| (key.as_ref(), m.weight)),
-            self.points_per_weight,
-        ))
+        let endpoints: Vec<(&[u8], u32)> = keys
+            .iter()
+            .zip(members)
+            .map(|(key, m)| (key.as_ref(), m.weight))
+            .collect();
+        match self.placement.ring(&endpoints, self.points_per_weight) {
+            Ok(ring) => RingTable { ring, error: None },
+            Err(error) => RingTable {
+                ring: Ring::new(std::iter::empty(), 1),
+                error: Some(error),
+            },
+        }
     }
 
     fn key_hash(&self, key: &[u8]) -> Option<u64> {

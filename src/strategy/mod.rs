@@ -5,7 +5,7 @@
 //! | [`RoundRobin`] | atomic cursor | ignored | the next endpoints in set order | rotation goes on over the new set |
 //! | [`WeightedRoundRobin`] | precomputed smooth schedule + atomic cursor | exact share per period | the next endpoints in set order | new schedule |
 //! | [`Hash`](struct@Hash) | crc32 of the request key mod N (Go's mapping) | weighted slots | the next endpoints in key-byte order; only its keys move, and come back | most keys move |
-//! | [`ConsistentHash`] | ketama ring, bucket index | points per unit of weight | the next endpoints on the ring; only its keys move, and come back | only the keys it must move |
+//! | [`ConsistentHash`] | ketama ring, bucket index; tower-lb's own, or nginx's, pingora-ketama's or libketama's ([`Placement`]) | points per unit of weight | the next endpoints on the ring; only its keys move, and come back | only the keys it must move |
 //! | [`Maglev`] | prime-sized lookup table | entries per unit of weight | the owners of the key's next table entries; only its keys move | few keys besides its own |
 //! | [`PowerOfTwoChoices`] | the less loaded of two random endpoints (in flight, or peak-EWMA latency) | load divided by weight | the next endpoints in set order | new draws |
 //! | [`Random`] | a random endpoint | drawn in proportion | the next endpoints in set order | new draws |
@@ -65,6 +65,7 @@ mod consistent_hash;
 mod hash;
 mod maglev;
 mod p2c;
+mod placement;
 mod random;
 pub(crate) mod ring;
 mod round_robin;
@@ -74,6 +75,7 @@ pub use self::consistent_hash::ConsistentHash;
 pub use self::hash::Hash;
 pub use self::maglev::Maglev;
 pub use self::p2c::PowerOfTwoChoices;
+pub use self::placement::Placement;
 pub use self::random::Random;
 pub use self::round_robin::RoundRobin;
 pub use self::weighted_round_robin::WeightedRoundRobin;

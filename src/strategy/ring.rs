@@ -15,7 +15,7 @@ use crate::rng::fmix64;
 
 /// The most points a ring holds before every endpoint's count is scaled down: 48 MiB at 12 bytes
 /// a point (hash and owner), plus a 4 MiB bucket index.
-const MAX_POINTS: u64 = 1 << 22;
+pub(crate) const MAX_POINTS: u64 = 1 << 22;
 /// The fewest bits of hash the bucket index is keyed by.
 const MIN_BUCKET_BITS: u32 = 4;
 /// The most bits of hash the bucket index is keyed by.
@@ -50,7 +50,8 @@ pub(crate) struct Ring {
     buckets: Box<[u32]>,
     /// 64 minus the number of bits the bucket index is keyed by.
     shift: u32,
-    /// The number of endpoints, each of which owns at least one point.
+    /// The number of endpoints. Each owns at least one point on the default placement; a
+    /// compatible placement may leave an endpoint without points, as its peer does.
     endpoints: usize,
 }
 
@@ -106,16 +107,35 @@ impl Ring {
             start = end;
         }
 
-        let hashes: Box<[u64]> = points.iter().map(|p| p.0).collect();
-        let owners: Box<[u32]> = points.iter().map(|p| p.2).collect();
-        drop(points);
+        Ring::from_sorted(points.iter().map(|p| (p.0, p.2)), endpoints.len())
+    }
+
+    /// Builds the ring of points given in ring order, as (position, owner): positions ascending,
+    /// owners indices below `endpoints`. Points of equal positions keep the order given, so that
+    /// a lookup landing on them finds the first. For placements that compute their own points.
+    ///
+    /// # Panics
+    ///
+    /// Panics only with more than `u32::MAX` points.
+    pub(crate) fn from_sorted<I>(points: I, endpoints: usize) -> Ring
+    where
+        I: IntoIterator<Item = (u64, u32)>,
+    {
+        let (hashes, owners): (Vec<u64>, Vec<u32>) = points.into_iter().unzip();
+        assert!(
+            u32::try_from(hashes.len()).is_ok(),
+            "a ring holds at most u32::MAX points"
+        );
+        debug_assert!(hashes.windows(2).all(|w| w[0] <= w[1]));
+        debug_assert!(owners.iter().all(|&o| (o as usize) < endpoints));
+        let hashes = hashes.into_boxed_slice();
         let (buckets, shift) = bucket_index(&hashes);
         Ring {
             hashes,
-            owners,
+            owners: owners.into_boxed_slice(),
             buckets,
             shift,
-            endpoints: endpoints.len(),
+            endpoints,
         }
     }
 
