@@ -137,7 +137,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub use etcd_client::{Client, ConnectOptions};
+/// The etcd client crate this module uses, for [`EtcdDiscoverBuilder::client`] and
+/// [`EtcdDiscoverBuilder::connect_options`] (with TLS or authentication, say) and to write to the
+/// registry yourself.
+pub use etcd_client;
+use etcd_client::{Client, ConnectOptions};
 use etcd_client::{
     Compare, CompareOp, Error as ClientError, EventType, GetOptions, PutOptions, Txn, TxnOp,
     WatchOptions, WatchStream,
@@ -1374,13 +1378,14 @@ impl Lease {
         lease: i64,
         backoff: &mut Backoff,
     ) -> Lost {
-        // A lease that expired while etcd was unreachable has a time to live of -1.
+        // A lease that expired while etcd was unreachable has a time to live of -1 (0 is a
+        // live lease with less than a second left).
         let alive = connection.timed(
             "reading an etcd lease's time to live",
             client.lease_time_to_live(lease, None),
         );
         match alive.await {
-            Ok(response) if response.ttl() <= 0 => return Lost::Expired,
+            Ok(response) if response.ttl() < 0 => return Lost::Expired,
             Ok(_) => {}
             Err(error) => return Lost::Failed(error),
         }
