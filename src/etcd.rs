@@ -591,12 +591,8 @@ impl Session {
     }
 
     async fn advance(&mut self) -> Result<Vec<Result<Diff, EtcdError>>, EtcdError> {
-        let mut client = match self.client.take() {
-            Some(client) => client,
-            None => self.connection.connect().await?,
-        };
-        self.client = Some(client.clone());
         if self.resync {
+            let mut client = self.client().await?;
             let read = client.get(
                 self.prefix.as_bytes(),
                 Some(GetOptions::new().with_prefix()),
@@ -622,6 +618,7 @@ impl Session {
                     .with_prefix()
                     .with_start_revision(self.revision + 1)
                     .with_progress_notify();
+                let mut client = self.client().await?;
                 let open = client.watch(self.prefix.as_bytes(), Some(options));
                 let what = format!("watching the etcd prefix `{}`", self.prefix);
                 let watch = self.connection.timed(&what, open).await?;
@@ -695,6 +692,16 @@ impl Session {
             .revision
             .store(self.revision, Ordering::Relaxed);
         Ok(self.yield_changes(malformed))
+    }
+
+    /// The client: connected on first use, then shared by every request.
+    async fn client(&mut self) -> Result<Client, EtcdError> {
+        if let Some(client) = &self.client {
+            return Ok(client.clone());
+        }
+        let client = self.connection.connect().await?;
+        self.client = Some(client.clone());
+        Ok(client)
     }
 
     fn yield_changes(&mut self, malformed: Vec<Malformed>) -> Vec<Result<Diff, EtcdError>> {
@@ -1346,7 +1353,22 @@ impl Lease {
         state: Arc<RegistrationState>,
     ) {
         let mut backoff = connection.backoff();
+        let mut expired = false;
         loop {
+            if expired {
+                // Until this succeeds the key is not in etcd, whatever lease was granted.
+                match self.register(&connection, &mut client, &state).await {
+                    Ok(()) => {
+                        expired = false;
+                        backoff.reset();
+                    }
+                    Err(error) => {
+                        tracing::warn!(key = %self.key, %error, "etcd registration failed");
+                        tokio::time::sleep(backoff.next()).await;
+                        continue;
+                    }
+                }
+            }
             let lease = state.lease.load(Ordering::Relaxed);
             match self
                 .renew(&connection, &mut client, lease, &mut backoff)
@@ -1354,13 +1376,7 @@ impl Lease {
             {
                 Lost::Expired => {
                     tracing::warn!(key = %self.key, "etcd lease expired; registering again");
-                    match self.register(&connection, &mut client, &state).await {
-                        Ok(()) => backoff.reset(),
-                        Err(error) => {
-                            tracing::warn!(key = %self.key, %error, "etcd registration failed");
-                            tokio::time::sleep(backoff.next()).await;
-                        }
-                    }
+                    expired = true;
                 }
                 Lost::Failed(error) => {
                     tracing::warn!(key = %self.key, %error, "etcd lease renewal failed");

@@ -186,10 +186,7 @@ impl Cluster {
         let deadline = Instant::now() + START_DEADLINE;
         for index in 0..self.members.len() {
             let url = format!("http://127.0.0.1:{}", self.members[index].client_port);
-            loop {
-                let Some(process) = &mut self.members[index].process else {
-                    break;
-                };
+            while let Some(process) = &mut self.members[index].process {
                 if let Ok(Some(status)) = process.try_wait() {
                     return Err(format!(
                         "member {index} exited with {status}: {}",
