@@ -59,8 +59,9 @@
 //!   last revision seen, so no change is applied twice or lost.
 //! - When that revision has been compacted meanwhile, etcd cancels the watch; the stream reads
 //!   the prefix again and yields the difference between what it had and what etcd holds, all at
-//!   once, so [`Endpoints::follow`](crate::Endpoints::follow) applies it as one change
-//!   ([`EtcdStats::resyncs`] counts these).
+//!   once, so [`Endpoints::follow`](crate::Endpoints::follow) applies it as one change (as it
+//!   does with the events of one watch response, such as a transaction's puts; only very large
+//!   bursts are cut into batches). [`EtcdStats::resyncs`] counts these re-reads.
 //! - While etcd is unreachable the set keeps its last membership: nothing is removed because
 //!   the registry cannot be read. [`EtcdStats::failing_for`] says for how long discovery has
 //!   been failing.
