@@ -3,12 +3,12 @@
 use std::{
     cell::Cell,
     sync::{
-        atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicU16, AtomicU64, AtomicU8, AtomicUsize, Ordering},
         Arc,
     },
 };
 
-use crate::ejection::EndpointHealth;
+use crate::ejection::{EndpointHealth, Health};
 
 /// Counters of one endpoint, kept across snapshots and across a replacement of its service.
 #[derive(Debug, Default)]
@@ -24,9 +24,20 @@ pub(crate) struct EndpointState {
     pub(crate) picks: Counter,
     /// Passive health: see [`crate::health`].
     pub(crate) health: EndpointHealth,
+    /// Active health: whether the endpoint's probes find it down (0 while they find it up, or
+    /// while it is not probed).
+    pub(crate) probed_down: AtomicU8,
 }
 
 impl EndpointState {
+    /// Whether the endpoint may take requests: its probes, if any, do not find it down, and
+    /// outlier detection, if on, has not ejected it.
+    #[inline]
+    pub(crate) fn is_eligible(&self, health: Option<&Health>) -> bool {
+        self.probed_down.load(Ordering::Relaxed) == 0
+            && health.is_none_or(|health| !health.is_ejected(&self.health))
+    }
+
     /// All the requests in flight on the endpoint that any strategy counts.
     pub(crate) fn requests(&self) -> usize {
         self.in_flight.load(Ordering::Acquire) + Arc::strong_count(&self.load) - 1

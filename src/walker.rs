@@ -251,6 +251,11 @@ impl<S> Walk<S> {
             return None;
         }
         let index = set.candidate(None, start, 0);
+        if !set.state(index).is_eligible(None) {
+            // Found down by its probes: the walk passes it over.
+            self.restart(start, version);
+            return None;
+        }
         let mut service = set.service(index).clone();
         let polled = service.poll_ready(cx);
         if let Poll::Ready(Ok(())) = polled {
@@ -381,9 +386,9 @@ impl<S> Walk<S> {
         let mut i = 0;
         while i < self.kept.len() {
             let index = self.kept[i].index;
-            let ejected = self.position.pass != Pass::Panic
-                && health.is_some_and(|health| health.is_ejected(&set.state(index).health));
-            if ejected {
+            let ineligible =
+                self.position.pass != Pass::Panic && !set.state(index).is_eligible(health);
+            if ineligible {
                 self.restart(self.position.start, self.version);
                 return None;
             }
@@ -463,7 +468,7 @@ impl<S> Walk<S> {
                     Pass::Bounded => Pass::Eligible,
                     // Nothing eligible at all: panic mode, if allowed, routes over everything.
                     Pass::Eligible
-                        if !position.eligible_seen && health.is_some_and(Health::panics) =>
+                        if !position.eligible_seen && health.is_none_or(Health::panics) =>
                     {
                         Pass::Panic
                     }
@@ -475,16 +480,15 @@ impl<S> Walk<S> {
             position.steps += 1;
             let index = set.candidate(health, position.start, step);
             if position.pass != Pass::Panic {
-                if let Some(health) = health {
-                    let endpoint = &set.state(index).health;
-                    if health.is_ejected(endpoint) {
-                        continue;
-                    }
-                    position.eligible_seen = true;
-                    if step == 0 && set.ramps() && !health.admits(endpoint) {
-                        position.deferred = Some(index);
-                        continue;
-                    }
+                let state = set.state(index);
+                if !state.is_eligible(health) {
+                    continue;
+                }
+                position.eligible_seen = true;
+                let passes = health.is_some_and(|health| !health.admits(&state.health));
+                if step == 0 && set.ramps() && passes {
+                    position.deferred = Some(index);
+                    continue;
                 }
             }
             if self.tried.contains(&(index as u32)) || position.deferred == Some(index) {

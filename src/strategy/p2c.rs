@@ -208,8 +208,8 @@ impl Choices {
         load::rtt_estimate(&member.state.load, now, default_ns, rate) * (in_flight + 1.0)
     }
 
-    /// The less loaded of two distinct endpoints drawn from `bits`, an ejected one losing to one
-    /// that is not.
+    /// The less loaded of two distinct endpoints drawn from `bits`, an endpoint that may not take
+    /// requests (ejected, or down by its probes) losing to one that may.
     #[inline]
     fn choose<K, S>(&self, members: &[Member<K, S>], health: Option<&Health>, bits: u64) -> usize {
         let n = members.len();
@@ -218,15 +218,13 @@ impl Choices {
         }
         let (a, b) = pair(bits, n);
         let (x, y) = (&members[a], &members[b]);
-        let a_wins = match health {
-            None => self.lighter(x, y, 1.0, 1.0),
-            Some(health) => match (
-                health.is_ejected(&x.state.health),
-                health.is_ejected(&y.state.health),
-            ) {
-                (true, false) => false,
-                (false, true) => true,
-                _ => self.lighter(
+        // An endpoint that may not take requests loses to one that may.
+        let a_wins = match (x.state.is_eligible(health), y.state.is_eligible(health)) {
+            (false, true) => false,
+            (true, false) => true,
+            _ => match health {
+                None => self.lighter(x, y, 1.0, 1.0),
+                Some(health) => self.lighter(
                     x,
                     y,
                     health.slow_start_factor(&x.state.health),
