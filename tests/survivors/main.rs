@@ -20,12 +20,11 @@ const NAMES: [&str; 10] = ["e0", "e1", "e2", "e3", "e4", "e5", "e6", "e7", "e8",
 
 /// Ejects after one failure, for an hour: long enough for any test.
 fn eject_at_once() -> OutlierDetection {
-    OutlierDetection::new()
+    OutlierDetection::builder()
         .consecutive_failures(1)
-        .unwrap()
-        .max_ejection_time(Duration::from_secs(7200))
-        .unwrap()
         .base_ejection_time(Duration::from_secs(3600))
+        .max_ejection_time(Duration::from_secs(7200))
+        .build()
         .unwrap()
 }
 
