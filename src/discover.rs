@@ -57,15 +57,18 @@ use pin_project_lite::pin_project;
 use tower::discover::Change;
 
 use crate::{
-    endpoints::{check_weight, upsert, Endpoints, Inner, Member},
+    endpoints::{check_weight, upsert, upsert_located, Endpoints, Inner, Member},
     error::BoxError,
+    locality::Locality,
 };
 
 /// One change to an endpoint set, as [`Endpoints::follow`] applies it.
 ///
 /// `tower::discover::Change` converts into it (an insert keeps the weight of a key already in the
 /// set, and gives a new key weight 1); discovery sources that know weights, such as DNS SRV
-/// records, use [`Update::InsertWeighted`] and [`Update::SetWeight`].
+/// records, use [`Update::InsertWeighted`] and [`Update::SetWeight`]; sources that know where
+/// endpoints run (their zone, or their priority tier) use [`Update::InsertLocated`] and
+/// [`Update::SetLocality`], so that an endpoint never appears in the set without its locality.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Update<K, S> {
     /// Inserts an endpoint, or replaces the service of an existing key, keeping its weight.
@@ -74,6 +77,11 @@ pub enum Update<K, S> {
     InsertWeighted(K, S, u32),
     /// Changes the weight of an endpoint in the set.
     SetWeight(K, u32),
+    /// Inserts an endpoint with a weight and a [`Locality`] (zone and priority tier), or replaces
+    /// the service, weight and locality of an existing key.
+    InsertLocated(K, S, u32, Locality),
+    /// Changes the locality of an endpoint in the set.
+    SetLocality(K, Locality),
     /// Removes an endpoint.
     Remove(K),
 }
@@ -120,6 +128,19 @@ where
                         }
                         Err(e) => invalid.push(e),
                     },
+                    Update::InsertLocated(key, service, weight, locality) => {
+                        match check_weight(weight) {
+                            Ok(weight) => {
+                                upsert_located(list, key, service, Some(weight), locality)
+                            }
+                            Err(e) => invalid.push(e),
+                        }
+                    }
+                    Update::SetLocality(key, locality) => {
+                        if let Some(slot) = list.iter_mut().find(|m| m.key == key) {
+                            slot.locality = locality;
+                        }
+                    }
                     Update::Remove(key) => list.retain(|m| m.key != key),
                 }
             }

@@ -13,7 +13,7 @@ use std::{
 
 use arc_swap::ArcSwap;
 
-use crate::{error::InvalidWeight, state::EndpointState, waiters::Waiters};
+use crate::{error::InvalidWeight, locality::Locality, state::EndpointState, waiters::Waiters};
 
 /// A set of endpoints, each a service identified by a key `K` and carrying a weight.
 ///
@@ -99,6 +99,8 @@ pub struct Member<K, S> {
     pub(crate) key: K,
     pub(crate) service: S,
     pub(crate) weight: u32,
+    /// Its zone and priority tier.
+    pub(crate) locality: Locality,
     /// Per-endpoint counters, kept across snapshots and across a replacement of the service.
     pub(crate) state: Arc<EndpointState>,
 }
@@ -109,8 +111,15 @@ impl<K, S> Member<K, S> {
             key,
             service,
             weight,
+            locality: Locality::new(),
             state: Arc::default(),
         }
+    }
+
+    /// The same endpoint in `locality`.
+    pub(crate) fn located(mut self, locality: Locality) -> Self {
+        self.locality = locality;
+        self
     }
 }
 
@@ -131,6 +140,7 @@ impl<K: Clone, S: Clone> Clone for Member<K, S> {
             key: self.key.clone(),
             service: self.service.clone(),
             weight: self.weight,
+            locality: self.locality.clone(),
             state: Arc::clone(&self.state),
         }
     }
@@ -144,7 +154,7 @@ pub(crate) fn check_weight(weight: u32) -> Result<u32, InvalidWeight> {
     }
 }
 
-/// Inserts or replaces `key` in `list`, keeping the place of an existing key.
+/// Inserts or replaces `key` in `list`, keeping the place (and the locality) of an existing key.
 pub(crate) fn upsert<K: PartialEq, S>(list: &mut Vec<Member<K, S>>, member: Member<K, S>) {
     match list.iter_mut().find(|m| m.key == member.key) {
         Some(slot) => {
@@ -152,6 +162,26 @@ pub(crate) fn upsert<K: PartialEq, S>(list: &mut Vec<Member<K, S>>, member: Memb
             slot.weight = member.weight;
         }
         None => list.push(member),
+    }
+}
+
+/// Inserts `key` with `service` in `locality`, or replaces the service and locality of an
+/// existing key in its place; a new key gets `weight`, or weight 1 if none is given, an existing
+/// key keeps its weight unless one is given.
+pub(crate) fn upsert_located<K: PartialEq, S>(
+    list: &mut Vec<Member<K, S>>,
+    key: K,
+    service: S,
+    weight: Option<u32>,
+    locality: Locality,
+) {
+    match list.iter_mut().find(|m| m.key == key) {
+        Some(slot) => {
+            slot.service = service;
+            slot.weight = weight.unwrap_or(slot.weight);
+            slot.locality = locality;
+        }
+        None => list.push(Member::new(key, service, weight.unwrap_or(1)).located(locality)),
     }
 }
 
@@ -292,6 +322,50 @@ where
         Ok(found)
     }
 
+    /// Inserts an endpoint with weight 1 in `locality`, or replaces the service and the locality
+    /// of an existing key (keeping its weight). Returns `true` if the key is new.
+    ///
+    /// Requests already routed to a replaced service complete on it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tower_lb::{Endpoints, Locality};
+    ///
+    /// let set = Endpoints::new();
+    /// assert!(set.insert_located("10.0.0.1:80", (), Locality::new().with_zone("a")));
+    /// assert!(!set.insert_located("10.0.0.1:80", (), Locality::backup()));
+    /// assert_eq!(set.locality("10.0.0.1:80"), Some(Locality::backup()));
+    /// ```
+    pub fn insert_located(&self, key: K, service: S, locality: Locality) -> bool {
+        let mut is_new = true;
+        self.update(|list| {
+            is_new = !list.iter().any(|m| m.key == key);
+            upsert_located(list, key, service, None, locality);
+        });
+        is_new
+    }
+
+    /// Changes the locality (zone and tier) of the endpoint with this key. Returns `true` if it
+    /// was in the set.
+    pub fn set_locality<Q>(&self, key: &Q, locality: Locality) -> bool
+    where
+        K: Borrow<Q>,
+        Q: PartialEq + ?Sized,
+    {
+        if !self.contains(key) {
+            return false;
+        }
+        let mut found = false;
+        self.update(|list| {
+            if let Some(slot) = list.iter_mut().find(|m| m.key.borrow() == key) {
+                slot.locality = locality;
+                found = true;
+            }
+        });
+        found
+    }
+
     /// Applies `change` to a copy of the member list, publishes it as the new snapshot and
     /// announces it to every balancer following this set, all under the writer lock so that
     /// concurrent changes are neither lost nor announced out of order.
@@ -370,6 +444,21 @@ where
             .iter()
             .find(|m| m.key.borrow() == key)
             .map(|m| m.weight)
+    }
+
+    /// The locality (zone and tier) of the endpoint with this key, if it is in the set.
+    pub fn locality<Q>(&self, key: &Q) -> Option<Locality>
+    where
+        K: Borrow<Q>,
+        Q: PartialEq + ?Sized,
+    {
+        self.inner
+            .current
+            .load()
+            .list
+            .iter()
+            .find(|m| m.key.borrow() == key)
+            .map(|m| m.locality.clone())
     }
 
     /// The requests in flight on the endpoint with this key, as counted by the strategies that

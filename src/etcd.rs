@@ -290,10 +290,12 @@ where
         loop {
             let change = match ready!(Pin::new(&mut self.inner).poll_next(cx)) {
                 Some(Ok(
-                    Update::Insert(addr, service) | Update::InsertWeighted(addr, service, _),
+                    Update::Insert(addr, service)
+                    | Update::InsertWeighted(addr, service, _)
+                    | Update::InsertLocated(addr, service, ..),
                 )) => Ok(Change::Insert(addr, service)),
                 Some(Ok(Update::Remove(addr))) => Ok(Change::Remove(addr)),
-                Some(Ok(Update::SetWeight(..))) => continue,
+                Some(Ok(Update::SetWeight(..) | Update::SetLocality(..))) => continue,
                 Some(Err(error)) => Err(error),
                 None => return Poll::Ready(None),
             };

@@ -93,6 +93,7 @@ mod ejection;
 mod endpoints;
 mod layer;
 mod load;
+mod locality;
 mod rng;
 mod service;
 mod snapshot;
@@ -105,6 +106,7 @@ pub use self::{
     endpoints::{EndpointKey, Endpoints},
     error::BoxError,
     layer::BalanceLayer,
+    locality::Locality,
     service::Balance,
     stats::{EndpointStats, KeyMap},
 };

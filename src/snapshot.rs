@@ -127,10 +127,11 @@ where
 impl<St, K, S> Watch<K, S> for Shared<St, K, S>
 where
     St: Strategy<K>,
-    K: Send + Sync,
-    S: Send + Sync,
+    K: Clone + Send + Sync,
+    S: Clone + Send + Sync,
 {
     fn changed(&self, members: &Arc<Members<K, S>>) {
+        let members = &arranged(&self.strategy, members);
         if let Some(health) = &self.health {
             // Slow start counts from when an endpoint first appears in a change of the set,
             // after the membership the balancer started with.
@@ -156,6 +157,31 @@ where
         self.version.store(members.version, Ordering::Release);
         self.waiters.wake_all();
     }
+}
+
+/// The endpoints of `members` that `strategy` routes over, in its order (see
+/// [`Build::arrange`]): `members` itself unless the strategy narrows or reorders them.
+fn arranged<St, K, S>(strategy: &St, members: &Arc<Members<K, S>>) -> Arc<Members<K, S>>
+where
+    St: Strategy<K>,
+    K: Clone,
+    S: Clone,
+{
+    let n = members.list.len();
+    let mut order: Vec<u32> = (0..n as u32).collect();
+    strategy.arrange(&members.list, &mut order);
+    let unchanged = order.len() == n && order.iter().enumerate().all(|(i, &j)| i == j as usize);
+    if unchanged {
+        return Arc::clone(members);
+    }
+    Arc::new(Members {
+        list: order
+            .iter()
+            .map(|&i| members.list[i as usize].clone())
+            .collect(),
+        version: members.version,
+        in_flight: Arc::clone(&members.in_flight),
+    })
 }
 
 impl<St, K, S> Membership<S> for Shared<St, K, S>

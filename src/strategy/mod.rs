@@ -70,7 +70,11 @@ mod placement;
 mod random;
 pub(crate) mod ring;
 mod round_robin;
+mod split;
+mod subset;
+mod tiers;
 mod weighted_round_robin;
+mod zone_aware;
 
 pub use self::consistent_hash::ConsistentHash;
 pub use self::hash::Hash;
@@ -79,7 +83,10 @@ pub use self::p2c::PowerOfTwoChoices;
 pub use self::placement::Placement;
 pub use self::random::Random;
 pub use self::round_robin::RoundRobin;
+pub use self::subset::Subset;
+pub use self::tiers::Tiers;
 pub use self::weighted_round_robin::WeightedRoundRobin;
+pub use self::zone_aware::ZoneAware;
 
 use std::{
     borrow::Cow,
@@ -185,7 +192,20 @@ pub(crate) mod internal {
         type Table: Table;
 
         /// Precomputes the table for a new membership snapshot. Runs off the request path.
+        ///
+        /// `members` are the endpoints [`Build::arrange`] left, in its order.
         fn build<S>(&self, members: &[Member<K, S>]) -> Self::Table;
+
+        /// Chooses the endpoints of a new membership snapshot that the strategy routes over, and
+        /// their order, before its table is built: `order` holds indices into `members`, all of
+        /// them in set order when the balancer asks. A strategy that keeps a subset drops the
+        /// others; one that splits requests between groups (zones, tiers) makes each group a
+        /// contiguous range. The default keeps every endpoint in set order. Runs off the request
+        /// path.
+        #[inline]
+        fn arrange<S>(&self, members: &[Member<K, S>], order: &mut Vec<u32>) {
+            let _ = (members, order);
+        }
 
         /// Where a request whose key is `key` starts its walk, to be placed by
         /// [`Table::position`]; `None` for keyless strategies, which map no keys.
@@ -258,6 +278,13 @@ pub(crate) mod internal {
         /// Whether slow start ramps an endpoint's share by passing some of its turns: true for
         /// keyless strategies; a key's endpoint is its endpoint.
         fn ramps(&self) -> bool;
+
+        /// Whether the table's positions are the consecutive turns of a cursor (a rotation, a
+        /// schedule) rather than random bits or key hashes: a strategy that splits requests
+        /// between groups of endpoints then gives each group consecutive turns of its own.
+        fn turns(&self) -> bool {
+            false
+        }
 
         /// Why the table could not be built for its membership, if it could not (its requests fail
         /// with this error).

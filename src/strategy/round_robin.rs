@@ -121,4 +121,8 @@ impl Table for Rotation {
     fn ramps(&self) -> bool {
         true
     }
+
+    fn turns(&self) -> bool {
+        true
+    }
 }

@@ -291,6 +291,10 @@ impl Table for Schedule {
     fn ramps(&self) -> bool {
         true
     }
+
+    fn turns(&self) -> bool {
+        true
+    }
 }
 
 impl<K> Build<K> for WeightedRoundRobin {
