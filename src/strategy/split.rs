@@ -238,8 +238,8 @@ impl<T: Table, R: Rule> Split<T, R> {
         let version = self.rule.version();
         for (g, group) in self.groups.iter().enumerate() {
             eligible[g] = 0;
-            for i in group.start..group.start + group.len {
-                let member = &members[i];
+            let range = group.start..group.start + group.len;
+            for (i, member) in range.clone().zip(&members[range]) {
                 let ok = member.state.is_eligible(health);
                 let bit = 1 << (i % 64);
                 let word = &self.seen[i / 64];

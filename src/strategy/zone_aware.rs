@@ -97,6 +97,9 @@ pub struct ZoneAware<St> {
     config: Arc<Config>,
 }
 
+/// The clients' shares per zone, normalized.
+type Spread = Vec<(Arc<str>, f64)>;
+
 /// What a zone-aware client knows; shared by its balancer's tables.
 #[derive(Debug)]
 struct Config {
@@ -104,7 +107,7 @@ struct Config {
     min_endpoints: usize,
     fallback_below: f64,
     /// The clients' shares per zone, normalized; `None`: spread as the endpoints are.
-    clients: RwLock<Option<Vec<(Arc<str>, f64)>>>,
+    clients: RwLock<Option<Spread>>,
     /// Bumped by every change of `clients`.
     version: AtomicU64,
 }
@@ -122,7 +125,7 @@ impl Clone for Config {
 }
 
 impl Config {
-    fn clients(&self) -> Option<Vec<(Arc<str>, f64)>> {
+    fn clients(&self) -> Option<Spread> {
         self.clients
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -175,7 +178,7 @@ impl<St> ZoneAware<St> {
         I: IntoIterator<Item = (Z, f64)>,
         Z: Into<Arc<str>>,
     {
-        let mut merged: Vec<(Arc<str>, f64)> = Vec::new();
+        let mut merged: Spread = Vec::new();
         for (zone, weight) in shares {
             let weight = check_ratio(
                 "client share",
