@@ -69,7 +69,10 @@ use crate::{
 /// records, use [`Update::InsertWeighted`] and [`Update::SetWeight`]; sources that know where
 /// endpoints run (their zone, or their priority tier) use [`Update::InsertLocated`] and
 /// [`Update::SetLocality`], so that an endpoint never appears in the set without its locality.
+///
+/// More kinds of change may be added: a `match` on updates needs a wildcard arm.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Update<K, S> {
     /// Inserts an endpoint, or replaces the service of an existing key, keeping its weight.
     Insert(K, S),

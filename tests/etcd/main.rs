@@ -114,6 +114,11 @@ where
                     Update::InsertWeighted(addr, _, weight) => format!("+{addr} w{weight}"),
                     Update::SetWeight(addr, weight) => format!("~{addr} w{weight}"),
                     Update::Remove(addr) => format!("-{addr}"),
+                    Update::InsertLocated(addr, _, weight, locality) => {
+                        format!("+{addr} w{weight} {locality:?}")
+                    }
+                    Update::SetLocality(addr, locality) => format!("~{addr} {locality:?}"),
+                    _ => format!("?{update:?}"),
                 };
                 self.seen.updates.lock().unwrap().push(text);
             }
