@@ -14,7 +14,7 @@
 //!
 //! The shares follow the endpoints' eligibility (not ejected by outlier detection, not found down
 //! by probes) without a scan per request: the table keeps each endpoint's eligibility as it last
-//! computed the shares, and checks the first candidate of every walk against it. A difference (an
+//! computed the shares, and checks every candidate a walk meets against it. A difference (an
 //! endpoint ejected, returned, found down or up again) recomputes the shares, once, in whichever
 //! request saw it; so does every 4,096th walk, which catches changes among endpoints that receive
 //! no requests, and a change of the rule's own inputs (a zone-aware client's view of the client
@@ -202,8 +202,8 @@ impl<T: Table, R: Rule> Split<T, R> {
         (first, step % span.max(1))
     }
 
-    /// Checks the first candidate of a walk against the eligibility the shares were computed
-    /// with, and recomputes them if it changed (or if they are due).
+    /// Checks a candidate against the eligibility the shares were computed with, and recomputes
+    /// them if it changed (or if they are due).
     #[inline]
     fn observe<K, S>(&self, members: &[Member<K, S>], health: Option<&Health>, index: usize) {
         let eligible = members[index].state.is_eligible(health);
@@ -317,9 +317,7 @@ impl<T: Table, R: Rule> Table for Split<T, R> {
         }
         let range = &members[group.start..group.start + group.len];
         let index = group.start + group.table.candidate(range, health, inner, step_in_group);
-        if step == 0 {
-            self.observe(members, health, index);
-        }
+        self.observe(members, health, index);
         index
     }
 
