@@ -12,6 +12,11 @@ use std::{
 pub(crate) struct Cursor(AtomicUsize);
 
 impl Cursor {
+    /// A cursor whose first position is `start`.
+    pub(crate) fn starting_at(start: usize) -> Self {
+        Self(AtomicUsize::new(start))
+    }
+
     /// Returns the current position and moves to the next.
     #[inline]
     pub(crate) fn next(&self) -> usize {

@@ -7,8 +7,8 @@
 //! with the least discrepancy; a uniform draw for random starts) against the groups' cumulative
 //! shares. The walk's position carries the group in its low 8 bits and the group's own position
 //! above them. A group whose strategy counts turns (round robin, weighted round robin) gets
-//! consecutive turns of its own, so that it rotates exactly over its endpoints, and spends the
-//! turns its walks pass over as a rotation over the whole set does. The walk meets the group's
+//! consecutive turns of its own, from a random start, so that it rotates exactly over its
+//! endpoints, and spends the turns its walks pass over as a rotation over the whole set does. The walk meets the group's
 //! endpoints in the inner strategy's order, then the other groups', so an unavailable group's
 //! requests fall through to the next.
 //!
@@ -29,7 +29,12 @@ use std::sync::{
 };
 
 use super::internal::Table;
-use crate::{ejection::Health, endpoints::Member, error::InvalidConfig, rng::Cursor};
+use crate::{
+    ejection::Health,
+    endpoints::Member,
+    error::InvalidConfig,
+    rng::{Cursor, Rng},
+};
 
 /// Shares are fixed-point fractions of this.
 const ONE: u64 = 1 << 32;
@@ -149,7 +154,12 @@ impl<T: Table, R: Rule> Split<T, R> {
                 totals: groups.iter().map(|g| g.total).collect(),
                 shares: vec![0.0; count].into_boxed_slice(),
             }),
-            turns: (0..count).map(|_| Cursor::default()).collect(),
+            // Each group's rotation starts at a random endpoint, so that clients (re)built at the
+            // same moment do not all start on the same one.
+            turns: groups
+                .iter()
+                .map(|g| Cursor::starting_at((Rng::per_thread().next() % g.len as u64) as usize))
+                .collect(),
             error: (count > MAX_GROUPS)
                 .then(|| InvalidConfig::new("number of groups", "at most 256", count)),
             groups: groups.into_boxed_slice(),

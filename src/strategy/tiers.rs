@@ -77,9 +77,13 @@ const DEFAULT_OVERPROVISIONING: f64 = 1.4;
 ///     .outlier_detection(detection)
 ///     .layer(set);
 ///
-/// // Tier 0 is healthy as far as anyone knows: the backup takes nothing.
-/// assert_eq!(balance.clone().oneshot(()).await.unwrap(), "a");
-/// assert!(balance.clone().oneshot(()).await.is_err()); // b fails, and is ejected
+/// // Tier 0 is healthy as far as anyone knows: its rotation takes two requests, the backup none.
+/// // b fails its request, and is ejected.
+/// let answers = [balance.clone().oneshot(()).await, balance.clone().oneshot(()).await];
+/// assert_eq!(answers.iter().filter(|a| a.is_err()).count(), 1);
+/// let stats = balance.stats();
+/// assert_eq!(stats.iter().find(|s| s.key == "spare").unwrap().picks, 0);
+/// assert!(stats.iter().find(|s| s.key == "b").unwrap().ejected_for.is_some());
 ///
 /// // Half of tier 0 is left: it carries 1.4 × 50% = 70% of the requests, the backup 30%.
 /// let mut spare = 0;
