@@ -2,10 +2,10 @@
 //! [`ZoneAware`]): one table of the inner strategy per group, and each group's share of requests,
 //! recomputed as the endpoints' eligibility changes.
 //!
-//! A request's group is chosen once, where its walk starts: the fractional part of `start × φ`
-//! (a Weyl sequence over a cursor's consecutive turns, so that every run of requests is split
-//! with the least discrepancy; a uniform draw for random starts) against the groups' cumulative
-//! shares. The walk's position carries the group in its low 8 bits and the group's own position
+//! A request's group is chosen once, where its walk starts: the fractional part of
+//! `(start + phase) × φ`, the phase random per table (a Weyl sequence over a cursor's consecutive
+//! turns, so that every run of requests is split with the least discrepancy; a uniform draw for
+//! random starts), against the groups' cumulative shares. The walk's position carries the group in its low 8 bits and the group's own position
 //! above them. A group whose strategy counts turns (round robin, weighted round robin) gets
 //! consecutive turns of its own, from a random start, so that it rotates exactly over its
 //! endpoints, and spends the turns its walks pass over as a rotation over the whole set does. The walk meets the group's
@@ -104,6 +104,9 @@ pub struct Split<T, R> {
     turns: Box<[Cursor]>,
     /// Set when there are more groups than a position can name.
     error: Option<InvalidConfig>,
+    /// Where this table's sequence of group choices starts: random, so that clients whose
+    /// cursors count alike do not round their splits alike.
+    phase: u64,
 }
 
 impl<T: Table, R: Rule> Split<T, R> {
@@ -160,6 +163,7 @@ impl<T: Table, R: Rule> Split<T, R> {
                 .iter()
                 .map(|g| Cursor::starting_at((Rng::per_thread().next() % g.len as u64) as usize))
                 .collect(),
+            phase: Rng::per_thread().next(),
             error: (count > MAX_GROUPS)
                 .then(|| InvalidConfig::new("number of groups", "at most 256", count)),
             groups: groups.into_boxed_slice(),
@@ -176,7 +180,7 @@ impl<T: Table, R: Rule> Split<T, R> {
         if self.groups.len() <= 1 {
             return 0;
         }
-        let point = position.wrapping_mul(PHI) >> 32;
+        let point = position.wrapping_add(self.phase).wrapping_mul(PHI) >> 32;
         loop {
             let before = self.sequence.load(Ordering::Acquire);
             if before & 1 == 1 {

@@ -299,46 +299,65 @@ impl<St> Subset<St> {
 /// `ring` deal the clients out among themselves, Maglev style: in turns (ordered by a hash of each
 /// endpoint), each claims the next unclaimed client of its own permutation of `0..count`.
 fn dealt(ring: &[Point<'_>], index: u32, count: u32) -> usize {
-    let count = u64::from(count);
-    // Each endpoint's permutation: offset + j × skip (mod count), skip coprime with count.
-    let mut dealers: Vec<(u64, usize, u64, u64)> = ring
+    // Each endpoint's permutation: offset, offset + skip, offset + 2 × skip, … (mod count), with
+    // skip coprime with count so that it visits every client.
+    struct Dealer {
+        turn: u64,
+        position: usize,
+        next: u32,
+        skip: u32,
+    }
+    let mut dealers: Vec<Dealer> = ring
         .iter()
         .enumerate()
         .map(|(position, point)| {
-            let turn = fmix64(point.hash ^ TURN);
-            let offset = fmix64(point.hash ^ OFFSET) % count;
+            let wide = u64::from(count);
             let skip = if count <= 2 {
                 1
             } else {
-                let mut skip = fmix64(point.hash ^ SKIP) % (count - 1) + 1;
-                while gcd(skip, count) != 1 {
-                    skip = skip % (count - 1) + 1;
+                let mut skip = fmix64(point.hash ^ SKIP) % (wide - 1) + 1;
+                while gcd(skip, wide) != 1 {
+                    skip = skip % (wide - 1) + 1;
                 }
-                skip
+                skip as u32
             };
-            (turn, position, offset, skip)
+            Dealer {
+                turn: fmix64(point.hash ^ TURN),
+                position,
+                next: (fmix64(point.hash ^ OFFSET) % wide) as u32,
+                skip,
+            }
         })
         .collect();
-    dealers.sort_unstable_by_key(|&(turn, position, ..)| (turn, position));
-    let mut claimed = vec![0u64; count.div_ceil(64) as usize];
-    let mut next = vec![0u64; dealers.len()];
-    let target = u64::from(index);
+    dealers.sort_unstable_by_key(|d| (d.turn, d.position));
+    let mut claimed = vec![0u64; (count as usize).div_ceil(64)];
+    let is_claimed =
+        |claimed: &[u64], client: u32| claimed[client as usize / 64] & (1 << (client % 64)) != 0;
     loop {
-        for (d, &(_, position, offset, skip)) in dealers.iter().enumerate() {
+        for dealer in &mut dealers {
             // Its next unclaimed client: its permutation visits every one, and one is left, since
             // the deal stops when the target is claimed.
-            let client = loop {
-                let client = (offset + (next[d] % count) * skip) % count;
-                next[d] += 1;
-                if claimed[(client / 64) as usize] & (1 << (client % 64)) == 0 {
-                    break client;
-                }
-            };
-            if client == target {
-                return position;
+            let mut client = dealer.next;
+            while is_claimed(&claimed, client) {
+                client = step(client, dealer.skip, count);
             }
-            claimed[(client / 64) as usize] |= 1 << (client % 64);
+            if client == index {
+                return dealer.position;
+            }
+            claimed[client as usize / 64] |= 1 << (client % 64);
+            dealer.next = step(client, dealer.skip, count);
         }
+    }
+}
+
+/// `client + skip` modulo `count`, both below `count`.
+#[inline]
+fn step(client: u32, skip: u32, count: u32) -> u32 {
+    let next = u64::from(client) + u64::from(skip);
+    if next >= u64::from(count) {
+        (next - u64::from(count)) as u32
+    } else {
+        next as u32
     }
 }
 

@@ -88,7 +88,7 @@ const DEFAULT_FALLBACK_BELOW: f64 = 0.5;
 ///     }
 /// }
 /// // 30 / 40 of its requests stay in b; the rest go to a, which has capacity to spare.
-/// assert!((749..=751).contains(&local), "{local}");
+/// assert!((745..=755).contains(&local), "{local}");
 /// # });
 /// ```
 #[derive(Clone)]
