@@ -15,6 +15,15 @@
 //! - `tower_lb_round_robin`: a `tower_lb::Balance` with `RoundRobin`;
 //! - `tower_lb_weighted_round_robin`: a `tower_lb::Balance` with `WeightedRoundRobin`, over weights
 //!   `1 + i % 5`;
+//! - `tower_lb_subset_round_robin`: `Subset::deterministic(RoundRobin::new(), 16, 7, 100)`, round
+//!   robin over client 7's subset of 16 (of all N when N < 16): the subset is chosen when the set
+//!   changes, so a request costs what round robin over 16 endpoints costs;
+//! - `tower_lb_zone_aware_round_robin`: `ZoneAware` round robin for a client in zone b, the
+//!   endpoints 50/30/20% in zones a, b and c and the clients 40/40/20%, so that a quarter of the
+//!   requests cross to zone a: a request's zone is drawn from its turn, and its endpoint from the
+//!   zone's own rotation;
+//! - `tower_lb_tiers_round_robin`: `Tiers` round robin over the endpoints, a tenth of them backups
+//!   (tier 1), all healthy;
 //! - `tower_lb_round_robin_clone_per_request`: a fresh clone of the round robin balancer for every
 //!   request, as axum's router does, then `poll_ready` + `call` on the clone;
 //! - `arc_clone`: cloning and dropping an `Arc`, and `snapshot_load`: taking and dropping an
@@ -146,12 +155,13 @@ use tower::{
 };
 use tower_layer::Layer;
 use tower_lb::{
+    discover::Update,
     key::{self, Header},
     strategy::{
         ConsistentHash, Hash, Maglev, PowerOfTwoChoices, Random, RoundRobin, Route, Strategy,
-        WeightedRoundRobin,
+        Subset, Tiers, WeightedRoundRobin, ZoneAware,
     },
-    Balance, BalanceLayer, Endpoints,
+    Balance, BalanceLayer, Endpoints, Locality,
 };
 use tower_service::Service;
 
@@ -202,6 +212,45 @@ fn weighted_round_robin(n: usize) -> Balance<WeightedRoundRobin, usize, Endpoint
     )
     .expect("weights are at least 1");
     BalanceLayer::new(WeightedRoundRobin::new()).layer(set)
+}
+
+fn subset(n: usize) -> Balance<Subset<RoundRobin>, usize, Endpoint> {
+    let strategy = Subset::deterministic(RoundRobin::new(), 16, 7, 100).expect("a valid subset");
+    BalanceLayer::new(strategy).layer(set(n))
+}
+
+/// The set of `n` endpoints, endpoint `i` in `locality(i)`.
+fn located(n: usize, locality: impl Fn(usize) -> Locality) -> Endpoints<usize, Endpoint> {
+    let set = Endpoints::new();
+    set.apply(
+        endpoints(n)
+            .enumerate()
+            .map(|(i, endpoint)| Update::InsertLocated(i, endpoint, 1, locality(i))),
+    );
+    set
+}
+
+/// The zone of endpoint `i` of `n`: the first half in a, the next 30% in b, the rest in c.
+fn zone(i: usize, n: usize) -> &'static str {
+    match i * 10 / n {
+        0..=4 => "a",
+        5..=7 => "b",
+        _ => "c",
+    }
+}
+
+fn zone_aware(n: usize) -> Balance<ZoneAware<RoundRobin>, usize, Endpoint> {
+    let strategy = ZoneAware::new(RoundRobin::new(), "b")
+        .min_endpoints(1)
+        .client_shares([("a", 40.0), ("b", 40.0), ("c", 20.0)])
+        .expect("valid client shares");
+    let set = located(n, |i| Locality::new().with_zone(zone(i, n)));
+    BalanceLayer::new(strategy).layer(set)
+}
+
+fn tiers(n: usize) -> Balance<Tiers<RoundRobin>, usize, Endpoint> {
+    let set = located(n, |i| Locality::new().with_tier(u8::from(i * 10 >= n * 9)));
+    BalanceLayer::new(Tiers::new(RoundRobin::new())).layer(set)
 }
 
 fn power_of_two_choices(n: usize, peak_ewma: bool) -> Balance<PowerOfTwoChoices, usize, Endpoint> {
@@ -393,6 +442,29 @@ fn sanity_check(n: usize, keys: &[HeaderValue], rt: &Runtime) {
         "weighted round robin counts"
     );
 
+    // The subset: 16 endpoints (all of them when fewer), each in turn.
+    let mut sub = subset(n);
+    let reached: HashSet<u64> = (0..32).map(|_| request(&mut sub, 0u64)).collect();
+    assert_eq!(reached.len(), n.min(16), "subset size");
+
+    // A client in zone b keeps three quarters of its requests there (with at least two endpoints
+    // per zone), the backups take nothing.
+    if n >= 10 {
+        let mut zoned = zone_aware(n);
+        let local = (0..4000)
+            .filter(|_| zone(request(&mut zoned, 0u64) as usize, n) == "b")
+            .count();
+        assert!(
+            (2990..=3010).contains(&local),
+            "zone-aware local share {local}"
+        );
+    }
+    let mut tiered = tiers(n);
+    let backups = (0..4 * n)
+        .filter(|_| request(&mut tiered, 0u64) as usize * 10 >= n * 9)
+        .count();
+    assert_eq!(backups, 0, "backups took requests");
+
     let mut p2c = p2c_constant(n);
     for _ in 0..n {
         assert!(request(&mut p2c, 0u64) < n as u64);
@@ -466,6 +538,10 @@ fn balance(c: &mut Criterion) {
             "tower_lb_weighted_round_robin",
             weighted_round_robin(n),
         );
+
+        bench_service(&mut group, "tower_lb_subset_round_robin", subset(n));
+        bench_service(&mut group, "tower_lb_zone_aware_round_robin", zone_aware(n));
+        bench_service(&mut group, "tower_lb_tiers_round_robin", tiers(n));
 
         let shared = round_robin(n);
         group.bench_function("tower_lb_round_robin_clone_per_request", |b| {
