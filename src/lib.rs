@@ -23,6 +23,11 @@
 //!   any thread while requests flow; requests in flight on a removed endpoint complete.
 //!   [`Endpoints::follow`] drives a `tower::discover::Discover` into the set without request
 //!   traffic ([`discover`]).
+//! - **Fleets**: [`Subset`](strategy::Subset) balances each client over a deterministic subset of
+//!   the backends, every backend in as many subsets as every other, membership changes moving
+//!   few clients; [`ZoneAware`](strategy::ZoneAware) keeps requests in the client's zone as far as
+//!   Envoy's rule allows; [`Tiers`](strategy::Tiers) spills from primary endpoints to backups as
+//!   the primaries' healthy share drops. Endpoints carry a [`Locality`] (zone and tier).
 //! - **Passive health**: outlier ejection with a doubling backoff, a cap on the ejected share,
 //!   panic mode and slow start ([`health`]); per-endpoint [`Balance::stats`].
 //! - **Cheap per request**: picking reads a lock-free snapshot and bumps an atomic cursor; no

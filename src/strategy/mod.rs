@@ -10,6 +10,21 @@
 //! | [`PowerOfTwoChoices`] | the less loaded of two random endpoints (in flight, or peak-EWMA latency) | load divided by weight | loses every comparison; a new pair is drawn | new draws |
 //! | [`Random`] | a random endpoint | drawn in proportion | a new draw, among the eligible only | new draws |
 //!
+//! Past one client, three wrappers shape which endpoints a keyless strategy sees. Each is a
+//! strategy over another (`Subset<RoundRobin>`, `Tiers<ZoneAware<PowerOfTwoChoices>>`); the
+//! strategy inside balances within what the wrapper gives it, with the same walk over unavailable
+//! endpoints:
+//!
+//! | wrapper | what it does | follows |
+//! |---|---|---|
+//! | [`Subset`] | each client balances over `size` endpoints of the set: an arc of a ring, dealt so that every endpoint is in as many clients' subsets as every other ([`Subset::deterministic`]), or the endpoints that score highest for a seed ([`Subset::random`]) | membership; changes move few clients |
+//! | [`ZoneAware`] | keeps requests in the client's zone as far as that zone's capacity allows, spilling the rest to zones with spare capacity (Envoy's rule) | eligibility, and the client fleet's spread over the zones |
+//! | [`Tiers`] | sends everything to tier 0 while it is healthy, spilling to tier 1 (nginx's `backup`), 2, … as its healthy share drops (Envoy's priority load, overprovisioning 1.4) | eligibility |
+//!
+//! An endpoint's zone and tier are its [`Locality`](crate::Locality). With a wrapper that keeps a
+//! subset or groups the endpoints, [`Balance::stats`](crate::Balance::stats) lists the endpoints
+//! the balancer routes over, in its order: the subset, or the groups one after another.
+//!
 //! A strategy is configuration plus shared state (a cursor). [`BalanceLayer`](crate::BalanceLayer)
 //! clones the strategy for every balancer it builds, and a fresh clone starts with fresh state; the
 //! clones of one [`Balance`](crate::Balance) share that state, so a balancer that is cloned for

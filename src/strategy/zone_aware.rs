@@ -42,8 +42,8 @@ const DEFAULT_FALLBACK_BELOW: f64 = 0.5;
 /// that stay in their zone is `Σ min(c(z), e(z))`, the most any routing that keeps the endpoints
 /// evenly loaded can keep. With 40/40/20% of the clients and 50/30/20% of the endpoints in zones
 /// a, b and c, clients in a and c keep everything local, clients in b keep 75% and send 25% to
-/// a, and 90% of all requests stay in their zone (the fleet simulation in `examples/fleet.rs`
-/// measures exactly that, with every backend's load within 1% of the mean).
+/// a, and 90% of all requests stay in their zone. The fleet simulation (`examples/fleet`: 10,000
+/// clients, 1,000 backends) measures 90.000%, every backend's load within 0.1% of the mean.
 ///
 /// Zones are ignored (every eligible endpoint is used, in proportion to its weight) when:
 ///
