@@ -290,37 +290,33 @@ impl Rule for LocalFirst {
         {
             return;
         }
-        let clients: Vec<f64> = match &*config
+        // Looked up per zone rather than collected: the request that recomputes the split must
+        // not allocate.
+        let spread = config
             .clients
             .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-        {
-            Some(spread) => self
-                .zones
-                .iter()
-                .map(|zone| {
-                    let share = |name: &Arc<str>| {
-                        spread.iter().find(|(z, _)| z == name).map_or(0.0, |s| s.1)
-                    };
-                    zone.as_ref().map_or(0.0, share)
-                })
-                .collect(),
-            None => {
-                let all = total.iter().sum::<u64>() as f64;
-                total.iter().map(|&t| t as f64 / all).collect()
-            }
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let all = total.iter().sum::<u64>() as f64;
+        let clients = |z: usize| match &*spread {
+            Some(spread) => self.zones[z].as_ref().map_or(0.0, |name| {
+                spread
+                    .iter()
+                    .find(|(zone, _)| zone == name)
+                    .map_or(0.0, |s| s.1)
+            }),
+            None => total[z] as f64 / all,
         };
-        if endpoints(local) >= clients[local] {
+        if endpoints(local) >= clients(local) {
             shares.iter_mut().for_each(|s| *s = 0.0);
             shares[local] = 1.0;
             return;
         }
-        let kept = endpoints(local) / clients[local];
+        let kept = endpoints(local) / clients(local);
         let spare = |z: usize| {
             if z == local {
                 0.0
             } else {
-                (endpoints(z) - clients[z]).max(0.0)
+                (endpoints(z) - clients(z)).max(0.0)
             }
         };
         let spare_sum: f64 = (0..shares.len()).map(spare).sum();

@@ -14,12 +14,14 @@ use std::{
 use http::{header::HeaderName, Request};
 use tower::{Layer, Service};
 use tower_lb::{
+    discover::Update,
     health::OutlierDetection,
     key,
     strategy::{
-        ConsistentHash, Hash, Maglev, PowerOfTwoChoices, Random, RoundRobin, WeightedRoundRobin,
+        ConsistentHash, Hash, Maglev, PowerOfTwoChoices, Random, RoundRobin, Subset, Tiers,
+        WeightedRoundRobin, ZoneAware,
     },
-    BalanceLayer, Endpoints,
+    BalanceLayer, Endpoints, Locality,
 };
 
 /// Counts the allocations made by the current thread while counting is on.
@@ -200,6 +202,13 @@ fn routing_requests_allocates_nothing() {
     let peak_ewma = PowerOfTwoChoices::new()
         .peak_ewma(Duration::from_millis(1), Duration::from_secs(10))
         .unwrap();
+    let located = Endpoints::new();
+    located.apply((0..100u32).map(|i| {
+        let locality = Locality::new()
+            .with_zone(["a", "a", "b", "b", "c"][i as usize % 5])
+            .with_tier(u8::from(i >= 90));
+        Update::InsertLocated(i, Echo, 1, locality)
+    }));
 
     for clone_per_request in [false, true] {
         let run = |name: &str, svc: &mut dyn FnMut(u64)| {
@@ -229,6 +238,21 @@ fn routing_requests_allocates_nothing() {
             .layer(set.clone());
         run("p2c with outlier detection", &mut |n| {
             route(&mut healthy, n, clone_per_request)
+        });
+
+        // The wrappers, over endpoints in three zones and two tiers: choosing a tier or a zone,
+        // checking candidates against the split, and recomputing it every 4,096 requests.
+        let subset = Subset::deterministic(RoundRobin::new(), 16, 3, 50).unwrap();
+        let mut subset = BalanceLayer::new(subset).layer(set.clone());
+        run("subset", &mut |n| route(&mut subset, n, clone_per_request));
+        let zones = ZoneAware::new(RoundRobin::new(), "b")
+            .client_shares([("a", 4.0), ("b", 4.0), ("c", 2.0)])
+            .unwrap();
+        let mut zones = BalanceLayer::new(Tiers::new(zones))
+            .outlier_detection(detection.clone())
+            .layer(located.clone());
+        run("tiers of zones with outlier detection", &mut |n| {
+            route(&mut zones, n, clone_per_request)
         });
     }
 
