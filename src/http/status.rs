@@ -115,10 +115,9 @@ pub(crate) fn message(error: &(dyn Error + 'static)) -> String {
 /// | [`MissingKey`](crate::error::MissingKey): no routing key in the call's metadata | `INVALID_ARGUMENT` |
 /// | [`InvalidConfig`](crate::error::InvalidConfig), [`NotReady`](crate::error::NotReady) | `INTERNAL` |
 /// | tower's `Elapsed`, tonic's `TimeoutExpired`: the deadline passed | `DEADLINE_EXCEEDED` |
-/// | a `tonic::Status` among the causes (the endpoint answered with one) | that status |
-/// | the endpoint could not be connected to (`tonic::ConnectError`, a refused connection) | `UNAVAILABLE` |
-/// | any other error with an I/O error among its causes (a broken connection) | `UNAVAILABLE`, as gRPC maps transport failures |
-/// | anything else | tonic's own mapping (hyper's errors), or `UNKNOWN` |
+/// | a `tonic::Status` among the causes (the endpoint failed with one) | that status |
+/// | an error tonic maps itself (its `ConnectError`, hyper's errors with tonic's transport) | tonic's mapping |
+/// | any other error of an endpoint: a refused or broken connection, a protocol error | `UNAVAILABLE`, as gRPC maps transport failures: a gRPC endpoint's own answers, failures included, come as responses |
 ///
 /// # Examples
 ///
@@ -147,19 +146,14 @@ pub fn grpc_status(error: BoxError) -> tonic::Status {
         Failure::MissingKey => Code::InvalidArgument,
         Failure::Config | Failure::NotReady => Code::Internal,
         Failure::Elapsed => Code::DeadlineExceeded,
-        failed @ (Failure::Connect { .. } | Failure::Exchange { .. }) => {
-            let answered = chain(&*error).any(|e| e.is::<Status>());
-            let transport = matches!(failed, Failure::Connect { .. })
-                || chain(&*error).any(|e| e.is::<std::io::Error>());
-            if answered || !transport {
-                // The endpoint's own status, or what tonic makes of the error.
-                return Status::try_from_error(error).unwrap_or_else(|error| {
-                    let mut status = Status::new(Code::Unknown, message(&*error));
-                    status.set_source(std::sync::Arc::from(error));
-                    status
-                });
-            }
-            Code::Unavailable
+        Failure::Connect { .. } | Failure::Exchange { .. } => {
+            // The endpoint's own status if it failed with one, what tonic makes of the error if
+            // it knows it; a transport failure otherwise.
+            return Status::try_from_error(error).unwrap_or_else(|error| {
+                let mut status = Status::new(Code::Unavailable, message(&*error));
+                status.set_source(std::sync::Arc::from(error));
+                status
+            });
         }
     };
     let mut status = Status::new(code, message(&*error));

@@ -154,20 +154,31 @@ where
     BoxCloneSyncService::new(origin)
 }
 
-/// A request for `/`, with a `key` query parameter unless the failure is its absence.
+/// The header the keyed stacks route by.
+pub const KEY: &str = "x-key";
+
+/// A request for `path`, with an `x-key` header unless the failure is its absence.
+pub fn request_for<B: Default>(failing: Failing, path: &str) -> Request<B> {
+    let mut request = Request::get(path).body(B::default()).unwrap();
+    if failing != Failing::MissingKey {
+        request.headers_mut().insert(KEY, "k".parse().unwrap());
+    }
+    request
+}
+
+/// A request for `/`, with an `x-key` header unless the failure is its absence.
 pub fn request<B: Default>(failing: Failing) -> Request<B> {
-    let uri = if failing == Failing::MissingKey {
-        "/"
-    } else {
-        "/?key=k"
-    };
-    Request::get(uri).body(B::default()).unwrap()
+    request_for(failing, "/")
+}
+
+fn by_key() -> key::Header {
+    key::header(http::HeaderName::from_static(KEY))
 }
 
 /// A stack that fails the [`request`] for `failing` that way.
 pub async fn stack<B>(failing: Failing) -> Stack<B>
 where
-    B: Body<Data = Bytes> + Default + Unpin + Send + Sync + 'static,
+    B: Body<Data = Bytes> + Default + Unpin + Send + 'static,
     B::Error: Into<BoxError>,
 {
     let round_robin = |set: Endpoints<String, Stack<B>>| {
@@ -192,13 +203,12 @@ where
             BoxCloneSyncService::new(balance)
         }
         Failing::MissingKey => {
-            let balance =
-                BalanceLayer::new(ConsistentHash::new(key::query("key"))).layer(one(ok()));
+            let balance = BalanceLayer::new(ConsistentHash::new(by_key())).layer(one(ok()));
             BoxCloneSyncService::new(balance)
         }
         Failing::Config => {
             let set = Endpoints::from_iter((0..3).map(|i| (format!("127.0.0.1:{i}"), ok())));
-            let maglev = Maglev::new(key::query("key")).table_size(2).unwrap();
+            let maglev = Maglev::new(by_key()).table_size(2).unwrap();
             BoxCloneSyncService::new(BalanceLayer::new(maglev).layer(set))
         }
         Failing::NotReady => {
@@ -228,7 +238,7 @@ where
 /// The error the stack for `failing` fails its request with.
 pub async fn error_of<B>(failing: Failing) -> BoxError
 where
-    B: Body<Data = Bytes> + Default + Unpin + Send + Sync + 'static,
+    B: Body<Data = Bytes> + Default + Unpin + Send + 'static,
     B::Error: Into<BoxError>,
 {
     let stack = stack::<B>(failing).await;
