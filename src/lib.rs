@@ -30,6 +30,12 @@
 //!   Cloning a `Balance` (as axum does for every request) costs one `Arc` clone.
 //! - **Typed failures**: an empty set or a set where nothing is ready fails the request at once
 //!   with an [`error`] you can downcast, never a hang or a panic.
+//! - **HTTP and gRPC**: [`http::Origin`] binds an HTTP client to one backend, and
+//!   `http::origins` (`hyper-util` feature) builds a set from one client and a list of URLs;
+//!   [`retry::Policy`] retries what is worth retrying within a budget, and retries skip the
+//!   endpoints a request already tried ([`BalanceLayer::skip_tried_endpoints`]);
+//!   [`http::status_code`], [`http::handle_error`] and `http::grpc_status` (`tonic` feature) turn
+//!   failures into HTTP and gRPC statuses.
 //!
 //! # Examples
 //!

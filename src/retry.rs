@@ -69,7 +69,7 @@
 //! ```
 //! use std::time::Duration;
 //! use http::{Request, Response};
-//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//! use tower::{service_fn, Layer, ServiceBuilder, ServiceExt};
 //! use tower_lb::{key, retry, strategy::ConsistentHash, BalanceLayer, BoxError, Endpoints};
 //!
 //! # tokio_test::block_on(async {
@@ -188,8 +188,15 @@ impl fmt::Debug for Attempts {
 ///
 /// # Examples
 ///
+/// Queries to database replicas, each carrying its record:
+///
 /// ```
-/// use tower_lb::retry::{Attempts, ReadAttempts};
+/// use tower::{service_fn, Layer, ServiceExt};
+/// use tower_lb::{
+///     retry::{Attempts, ReadAttempts},
+///     strategy::RoundRobin,
+///     BalanceLayer, Endpoints,
+/// };
 ///
 /// #[derive(Clone)]
 /// struct Query {
@@ -205,6 +212,22 @@ impl fmt::Debug for Attempts {
 ///         Some(&request.attempts)
 ///     }
 /// }
+///
+/// # tokio_test::block_on(async {
+/// let replica = |name: &'static str| service_fn(move |query: Query| async move {
+///     Ok::<_, std::convert::Infallible>(format!("{name}: {}", query.sql))
+/// });
+/// let set = Endpoints::from_iter([("a", replica("a")), ("b", replica("b"))]);
+/// let layer = BalanceLayer::new(RoundRobin::new()).attempts(QueryAttempts);
+///
+/// let query = Query { sql: "select 1".into(), attempts: Attempts::new() };
+/// let answer = layer.layer(set.clone()).oneshot(query.clone()).await.unwrap();
+/// assert_eq!(answer, "a: select 1");
+/// // Sent again, through a balancer whose turn is a's: it goes to b, which it has not tried.
+/// let answer = layer.layer(set).oneshot(query.clone()).await.unwrap();
+/// assert_eq!(answer, "b: select 1");
+/// assert_eq!(query.attempts.len(), 2);
+/// # });
 /// ```
 pub trait ReadAttempts<Req> {
     /// Whether this reader can find anything: `false` lets the balancer drop its bookkeeping at

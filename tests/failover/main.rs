@@ -354,15 +354,20 @@ async fn a_request_dropped_before_its_deadline_is_not_counted() {
     bounded(async {
         let backends = backends([Behaviour::Stall, Behaviour::Echo, Behaviour::Echo]).await;
         let (key, _) = key_of_first(&backends);
-        // The default deadline (1 s) is longer than the timeout: the dropped requests are the
-        // caller's choice, not the endpoint's failures.
+        // A deadline far longer than the timeout: the dropped requests are the caller's choice,
+        // not the endpoint's failures.
+        let detection = OutlierDetection::builder()
+            .consecutive_failures(3)
+            .abandoned_after(Duration::from_secs(60))
+            .build()
+            .unwrap();
         let balance = BalanceLayer::new(ConsistentHash::new(key::query("key")))
-            .outlier_detection(OutlierDetection::new())
+            .outlier_detection(detection)
             .layer(set_of(&backends));
         let client = ServiceBuilder::new()
             .timeout(TIMEOUT)
             .service(balance.clone());
-        for _ in 0..6 {
+        for _ in 0..4 {
             let error = client.clone().oneshot(get(&key)).await.unwrap_err();
             assert!(error.is::<Elapsed>(), "{error}");
         }
