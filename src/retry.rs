@@ -123,15 +123,18 @@ use crate::{
 /// [`RetryLayer`] puts one in each request's extensions; a balancer told to
 /// [skip tried endpoints](crate::BalanceLayer::skip_tried_endpoints) notes in it each endpoint an
 /// attempt goes to, and routes the next attempt elsewhere. Clones share the record.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Attempts {
     sent: Arc<Mutex<Vec<Arc<EndpointState>>>>,
 }
 
 impl Attempts {
-    /// An empty record.
+    /// An empty record, with room for a few attempts: noting one allocates nothing on the
+    /// request path.
     pub fn new() -> Self {
-        Self::default()
+        Self {
+            sent: Arc::new(Mutex::new(Vec::with_capacity(4))),
+        }
     }
 
     /// How many times a balancer sent the request to an endpoint.
@@ -169,6 +172,12 @@ impl Attempts {
             }
         }
         tried
+    }
+}
+
+impl Default for Attempts {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
