@@ -46,8 +46,8 @@
 //! | `ConsistentHash` | the key's next endpoint on the ring that it has not tried |
 //! | `Maglev` | the owner of the key's next table entry that it has not tried |
 //! | `Hash` | the key's next endpoint in key-byte order that it has not tried |
-//! | `RoundRobin`, `WeightedRoundRobin` | the rotation's next turn; if that turn is an endpoint it tried, the endpoints after it in set order |
-//! | `PowerOfTwoChoices`, `Random` | a new pick; if that is an endpoint it tried, the endpoints after it in set order |
+//! | `RoundRobin`, `WeightedRoundRobin` | the rotation's next turn; if that turn is an endpoint it tried, the reservation is released and the turns after it are walked |
+//! | `PowerOfTwoChoices`, `Random` | a new pick; if that is an endpoint it tried, the next draws |
 //!
 //! If every eligible endpoint was tried, the retry goes where a first attempt would. Healthy
 //! endpoints' keys never move: only a request that failed is routed past its key's endpoint, and

@@ -1,5 +1,5 @@
 //! Failing backends under real HTTP on loopback: a backend killed while 10,000 requests run
-//! through retry and the balancer, for four strategies; a backend that stops answering, behind
+//! through retry and the balancer, for every strategy; a backend that stops answering, behind
 //! a timeout above the balancer.
 
 #[path = "../support/backend.rs"]
@@ -28,7 +28,10 @@ use tower_lb::{
     http::Origin,
     key,
     retry::{Policy, RetryLayer},
-    strategy::{ConsistentHash, Hash, Maglev, RoundRobin, Route},
+    strategy::{
+        ConsistentHash, Hash, Maglev, PowerOfTwoChoices, Random, RoundRobin, Route,
+        WeightedRoundRobin,
+    },
     BalanceLayer, Endpoints,
 };
 
@@ -285,6 +288,23 @@ async fn round_robin_loses_no_request_when_a_backend_dies() {
         let served = run.served();
         let count = |name| served.values().flatten().filter(|b| **b == name).count();
         assert!(count("b1") > REQUESTS / 3 && count("b3") > REQUESTS / 3);
+    })
+    .await;
+}
+
+/// The keyless strategies besides round robin: no request fails either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_round_robin_power_of_two_choices_and_random_lose_no_request() {
+    bounded(async {
+        kill_one_of_three(WeightedRoundRobin::new())
+            .await
+            .assert_no_request_failed();
+        kill_one_of_three(PowerOfTwoChoices::new())
+            .await
+            .assert_no_request_failed();
+        kill_one_of_three(Random::new())
+            .await
+            .assert_no_request_failed();
     })
     .await;
 }
