@@ -392,8 +392,8 @@ impl<S> Walk<S> {
     }
 
     /// Polls the kept candidates in the order they were met: the first that is ready (and, when
-    /// loads are bounded, still has room) is found; failed ones are recorded and dropped. If one
-    /// was ejected while the request waited, the walk starts over over what is eligible now.
+    /// loads are bounded, still has room) is found; failed ones are recorded and dropped. If they
+    /// are stale (see [`Walk::kept_are_stale`]), the walk starts over over what is eligible now.
     fn poll_kept<Req, C>(
         &mut self,
         cx: &mut Context<'_>,
@@ -405,15 +405,12 @@ impl<S> Walk<S> {
         S::Error: Into<BoxError>,
         C: Candidates<S> + ?Sized,
     {
+        if self.kept_are_stale(set, health) {
+            self.restart(self.position.start, self.version);
+            return None;
+        }
         let mut i = 0;
         while i < self.kept.len() {
-            let index = self.kept[i].index;
-            let ineligible =
-                self.position.pass != Pass::Panic && !set.state(index).is_eligible(health);
-            if ineligible {
-                self.restart(self.position.start, self.version);
-                return None;
-            }
             match self.kept[i].service.poll_ready(cx) {
                 Poll::Ready(Ok(())) => {
                     let kept = self.kept.remove(i);
@@ -439,6 +436,21 @@ impl<S> Walk<S> {
             }
         }
         None
+    }
+
+    /// Whether the kept candidates are no longer worth waiting for: one of them may not take
+    /// requests any more (ejected, or found down, while the request waited), or they were kept in
+    /// panic mode and some endpoint may take requests again.
+    fn kept_are_stale<C>(&self, set: &C, health: Option<&Health>) -> bool
+    where
+        C: Set + ?Sized,
+    {
+        if self.position.pass == Pass::Panic {
+            return (0..set.len()).any(|index| set.state(index).is_eligible(health));
+        }
+        self.kept
+            .iter()
+            .any(|kept| !set.state(kept.index).is_eligible(health))
     }
 
     /// A candidate's readiness failed: a failure for outlier detection, and the error the request
