@@ -106,7 +106,7 @@ pub use self::{
     error::BoxError,
     layer::BalanceLayer,
     service::Balance,
-    stats::{EndpointStats, KeyMap},
+    stats::{EndpointStats, KeyMap, ProbeStats},
 };
 
 /// Compiles the README's example as a doctest.
