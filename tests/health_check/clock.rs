@@ -69,9 +69,15 @@ impl Script {
             .collect()
     }
 
-    pub fn probe<S>(&self) -> impl Probe<&'static str, S> + Send + Sync + 'static {
+    /// The probe: its future holds a clone of the endpoint's service while it runs, as a real
+    /// probe holds a connection.
+    pub fn probe<S>(&self) -> impl Probe<&'static str, S> + Send + Sync + 'static
+    where
+        S: Clone + Send + 'static,
+    {
         let script = self.clone();
-        probe::from_fn(move |key: &&'static str, _endpoint: &S| {
+        probe::from_fn(move |key: &&'static str, endpoint: &S| {
+            let held = endpoint.clone();
             let key = *key;
             script.log.lock().unwrap().push((key, Instant::now()));
             let answer = script
@@ -85,6 +91,7 @@ impl Script {
                 panic!("{key}'s probe is broken");
             }
             async move {
+                let _held = held;
                 match answer {
                     Answer::Pass => Ok(()),
                     Answer::Fail => Err(format!("{key} is down")),
