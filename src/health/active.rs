@@ -332,6 +332,8 @@ impl<K, S> Watch<K, S> for Signal {
             for member in members.list.iter() {
                 let id = Arc::as_ptr(&member.state) as usize;
                 if !new.known.contains(&id) {
+                    // The statistics show the endpoint as probed from now on.
+                    member.state.probe.update(|_| {});
                     let mut vote = Vote::new(Arc::clone(&member.state));
                     if self.take_out {
                         vote.take_out();

@@ -273,15 +273,33 @@ async fn exactly_the_unhealthy_threshold_takes_an_endpoint_out_and_the_healthy_t
     }
     // One event when b went out, one when it came back.
     let events = events.take();
-    let warnings: Vec<_> = events.iter().filter(|e| e.level == tracing::Level::WARN).collect();
-    let infos: Vec<_> = events.iter().filter(|e| e.level == tracing::Level::INFO).collect();
+    let warnings: Vec<_> = events
+        .iter()
+        .filter(|e| e.level == tracing::Level::WARN)
+        .collect();
+    let infos: Vec<_> = events
+        .iter()
+        .filter(|e| e.level == tracing::Level::INFO)
+        .collect();
     assert_eq!(warnings.len(), 1, "{events:#?}");
-    assert!(warnings[0].text.contains("taking the endpoint out"), "{events:#?}");
+    assert!(
+        warnings[0].text.contains("taking the endpoint out"),
+        "{events:#?}"
+    );
     assert!(warnings[0].text.contains("endpoint=\"b\""), "{events:#?}");
-    assert!(warnings[0].text.contains("consecutive_failures=3"), "{events:#?}");
+    assert!(
+        warnings[0].text.contains("consecutive_failures=3"),
+        "{events:#?}"
+    );
     assert_eq!(infos.len(), 1, "{events:#?}");
-    assert!(infos[0].text.contains("takes requests again"), "{events:#?}");
-    assert!(infos[0].text.contains("consecutive_passes=2"), "{events:#?}");
+    assert!(
+        infos[0].text.contains("takes requests again"),
+        "{events:#?}"
+    );
+    assert!(
+        infos[0].text.contains("consecutive_passes=2"),
+        "{events:#?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -436,7 +454,11 @@ async fn a_panicking_probe_counts_as_a_failure_and_the_checker_goes_on() {
     assert!(!checker.is_finished());
     for key in ["a", "b"] {
         let s = probe_stats(balance.stats(), key);
-        assert_eq!((s.probes, s.failed_probes, s.healthy), (3, 3, false), "{key}");
+        assert_eq!(
+            (s.probes, s.failed_probes, s.healthy),
+            (3, 3, false),
+            "{key}"
+        );
         let error = s.last_error.unwrap();
         assert!(error.starts_with("the probe panicked: "), "{error}");
         assert!(error.contains("probe is broken"), "{error}");
@@ -502,11 +524,10 @@ async fn keys_of_an_endpoint_that_is_out_move_to_their_next_candidates_and_come_
     type Req = Request<()>;
     let servers: [Mock<Req>; 4] = mocks(["a", "b", "c", "d"]);
     let set = Endpoints::from_iter(servers.iter().map(|m| (m.name(), m.clone())));
-    let balance =
-        BalanceLayer::new(ConsistentHash::new(key::header(http::HeaderName::from_static(
-            "x-key",
-        ))))
-        .layer(set.clone());
+    let balance = BalanceLayer::new(ConsistentHash::new(key::header(
+        http::HeaderName::from_static("x-key"),
+    )))
+    .layer(set.clone());
     let request = |k: &str| Request::builder().header("x-key", k).body(()).unwrap();
     let keys: Vec<String> = (0..300).map(|i| format!("user-{i}")).collect();
     let owners: Vec<&str> = keys
@@ -656,14 +677,20 @@ async fn passing_probes_do_not_end_an_outlier_ejection_and_failing_ones_keep_out
     endpoints[1].fail_calls(false);
     at(start, 20_000).await;
     let b = balance.stats()[1].clone();
-    assert!(b.ejected_for.is_some() && b.probe.as_ref().unwrap().healthy, "{b:?}");
+    assert!(
+        b.ejected_for.is_some() && b.probe.as_ref().unwrap().healthy,
+        "{b:?}"
+    );
     assert_eq!(send(&balance, 4).await, ["a"; 4]);
 
     // Before the ejection ends, its probes find it down: it stays out when the ejection ends.
     script.set("b", Answer::Fail);
     at(start, 31_000).await;
     let b = balance.stats()[1].clone();
-    assert!(b.ejected_for.is_none() && !b.probe.as_ref().unwrap().healthy, "{b:?}");
+    assert!(
+        b.ejected_for.is_none() && !b.probe.as_ref().unwrap().healthy,
+        "{b:?}"
+    );
     assert_eq!(send(&balance, 4).await, ["a"; 4]);
     script.set("b", Answer::Pass);
     at(start, 32_500).await;

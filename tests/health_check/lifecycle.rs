@@ -127,7 +127,11 @@ async fn the_checker_ends_when_the_set_and_every_balancer_are_gone_and_holds_not
     drop(balance);
     within("the checker's end", checker).await.unwrap();
     assert_eq!(alive_tasks(), 0, "no task outlives the set");
-    assert_eq!((a.handles(), b.handles()), (1, 1), "nothing holds the endpoints");
+    assert_eq!(
+        (a.handles(), b.handles()),
+        (1, 1),
+        "nothing holds the endpoints"
+    );
 }
 
 #[tokio::test(start_paused = true)]
