@@ -20,7 +20,6 @@
 //! ```
 //! use std::{net::SocketAddr, time::Duration};
 //! use bytes::Bytes;
-//! use http::StatusCode;
 //! use http_body_util::Empty;
 //! use tower::service_fn;
 //! use tower_lb::{health::{probe, HealthCheck}, BoxError, Endpoints};
@@ -46,10 +45,9 @@
 //! // Anything else: a closure that gets the key and the endpoint's service.
 //! let custom = probe::from_fn(|addr: &SocketAddr, _endpoint: &_| {
 //!     let port = addr.port();
-//!     async move { Ok::<_, BoxError>(if port != 0 { () } else { Err("no port")? }) }
+//!     async move { if port != 0 { Ok(()) } else { Err("no port") } }
 //! });
 //! tokio::spawn(set.check_health(HealthCheck::new(custom)));
-//! # let _ = StatusCode::OK;
 //! # Ok(())
 //! # }
 //! ```

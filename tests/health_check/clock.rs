@@ -509,6 +509,7 @@ fn zero_intervals_timeouts_and_thresholds_are_typed_errors() {
         "invalid health check path: must be a path starting with /, got health"
     );
     assert!(http("/health?full=1").is_ok());
+    #[allow(clippy::reversed_empty_ranges)]
     let statuses = http("/").unwrap().expected_statuses([300..=200]);
     assert_eq!(statuses.unwrap_err().option(), "expected statuses");
     assert!(http("/").unwrap().expected_statuses([]).is_err());

@@ -40,6 +40,9 @@ pub fn client() -> HttpClient {
     Client::builder(TokioExecutor::new()).build_http()
 }
 
+/// A health request as a backend saw it: method, path and query, `Host`.
+type Seen = (Method, String, Option<String>);
+
 /// One axum backend: `/` answers its name, `/health` the status the test sets, after a permit
 /// from the gate when the backend is gated.
 #[derive(Clone)]
@@ -49,8 +52,8 @@ pub struct Backend {
     hits: Arc<AtomicUsize>,
     health: Arc<AtomicU16>,
     gate: Option<Arc<Semaphore>>,
-    /// Method, path and query, and `Host` of every health request.
-    seen: Arc<Mutex<Vec<(Method, String, Option<String>)>>>,
+    /// Every health request.
+    seen: Arc<Mutex<Vec<Seen>>>,
 }
 
 pub async fn spawn_backend(name: &'static str, gated: bool) -> Backend {
