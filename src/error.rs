@@ -209,10 +209,10 @@ impl fmt::Display for InvalidConfig {
 impl Error for InvalidConfig {}
 
 /// Every endpoint of the set is ejected by outlier detection, and the balancer was configured
-/// to fail rather than route over them ([`OutlierDetection::fail_when_all_ejected`]). The source
+/// to fail rather than route over them ([`OutlierDetectionBuilder::fail_when_all_ejected`]). The source
 /// of an [`Unavailable`] error.
 ///
-/// [`OutlierDetection::fail_when_all_ejected`]: crate::health::OutlierDetection::fail_when_all_ejected
+/// [`OutlierDetectionBuilder::fail_when_all_ejected`]: crate::health::OutlierDetectionBuilder::fail_when_all_ejected
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AllEjected {
     endpoints: usize,

@@ -145,13 +145,13 @@ pub use etcd_client;
 use etcd_client::{Client, ConnectOptions};
 use etcd_client::{
     Compare, CompareOp, Error as ClientError, EventType, GetOptions, PutOptions, Txn, TxnOp,
-    WatchOptions, WatchStream,
+    WatchOptions, WatchResponse, WatchStream,
 };
 use futures_core::Stream;
 use serde_json::{Map, Value};
 use tower::discover::Change;
 
-use crate::{discover::Update, BoxError};
+use crate::{discover::Update, error::BoxError};
 
 /// The first wait before connecting again after a failure, when none is set.
 pub const DEFAULT_MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -593,24 +593,7 @@ impl Session {
 
     async fn advance(&mut self) -> Result<Vec<Result<Diff, EtcdError>>, EtcdError> {
         if self.resync {
-            let mut client = self.client().await?;
-            let read = client.get(
-                self.prefix.as_bytes(),
-                Some(GetOptions::new().with_prefix()),
-            );
-            let what = format!("reading the etcd prefix `{}`", self.prefix);
-            let response = self.connection.timed(&what, read).await?;
-            let revision = response.header().map_or(0, |h| h.revision());
-            let malformed = self.registry.reset(
-                response
-                    .kvs()
-                    .iter()
-                    .map(|kv| (kv.key(), kv.value(), kv.mod_revision())),
-            );
-            self.resync = false;
-            self.revision = revision;
-            self.stats.recovered(revision);
-            return Ok(self.yield_changes(malformed));
+            return self.read_prefix().await;
         }
         let watch = match &mut self.watch {
             Some(watch) => watch,
@@ -641,6 +624,38 @@ impl Session {
                 ))
             }
         };
+        self.watched(response)
+    }
+
+    /// Reads the whole prefix again, and yields the difference from the membership known.
+    async fn read_prefix(&mut self) -> Result<Vec<Result<Diff, EtcdError>>, EtcdError> {
+        let mut client = self.client().await?;
+        let read = client.get(
+            self.prefix.as_bytes(),
+            Some(GetOptions::new().with_prefix()),
+        );
+        let what = format!("reading the etcd prefix `{}`", self.prefix);
+        let response = self.connection.timed(&what, read).await?;
+        let revision = response.header().map_or(0, |h| h.revision());
+        let malformed = self.registry.reset(
+            response
+                .kvs()
+                .iter()
+                .map(|kv| (kv.key(), kv.value(), kv.mod_revision())),
+        );
+        self.resync = false;
+        self.revision = revision;
+        self.stats.recovered(revision);
+        Ok(self.yield_changes(malformed))
+    }
+
+    /// Applies one message of the watch: its events, a progress notification, the watch's
+    /// creation, or its cancellation (when etcd compacted past the watch's revision, the prefix
+    /// is read again).
+    fn watched(
+        &mut self,
+        response: WatchResponse,
+    ) -> Result<Vec<Result<Diff, EtcdError>>, EtcdError> {
         if response.canceled() {
             self.watch = None;
             if response.compact_revision() > 0 {

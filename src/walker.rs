@@ -230,9 +230,9 @@ impl<S> Walk<S> {
     /// requests take alone. Without outlier detection or a load bound every endpoint is eligible,
     /// so the strategy's own choice is polled at once, and found if it is ready, with no
     /// bookkeeping. Otherwise the walk starts over from `start`, knowing what that probe learnt,
-    /// and [`Walk::walk_on`] goes on with it.
+    /// for [`Walk::walk_on`] to go on with.
     #[inline]
-    pub(crate) fn first<Req, C>(
+    fn first<Req, C>(
         &mut self,
         cx: &mut Context<'_>,
         set: &C,
@@ -276,6 +276,28 @@ impl<S> Walk<S> {
         None
     }
 
+    /// A new walk from `start` over the snapshot of `version`: its first step, then further
+    /// candidates, up to `max_tries` polled in all, as [`Walk::poll`].
+    #[inline]
+    pub(crate) fn begin<Req, C>(
+        &mut self,
+        cx: &mut Context<'_>,
+        set: &C,
+        health: Option<&Health>,
+        (start, version): (u64, u64),
+        max_tries: usize,
+    ) -> Poll<Option<Found<S>>>
+    where
+        S: Service<Req> + Clone,
+        S::Error: Into<BoxError>,
+        C: Candidates<S> + ?Sized,
+    {
+        if let Some(found) = self.first(cx, set, health, start, version) {
+            return Poll::Ready(Some(found));
+        }
+        self.walk_on(cx, set, health, max_tries)
+    }
+
     /// Polls the kept candidates, first met first, then further candidates, up to `max_tries`
     /// polled in all: the first that is ready is found. `Pending` while some are pending and
     /// none is ready (their wake-ups reach `cx`); `Ready(None)` when every one failed or none was
@@ -299,8 +321,8 @@ impl<S> Walk<S> {
     }
 
     /// Polls further candidates, up to `max_tries` polled in all, without polling the kept ones
-    /// again: as [`Walk::poll`], right after [`Walk::first`] or a restart.
-    pub(crate) fn walk_on<Req, C>(
+    /// again: as [`Walk::poll`], right after [`Walk::first`].
+    fn walk_on<Req, C>(
         &mut self,
         cx: &mut Context<'_>,
         set: &C,

@@ -321,12 +321,12 @@ impl GatewayConfig {
     /// of three backends down, the second should be passed over as well. Panic mode keeps
     /// serving if that was wrong.
     pub fn outlier_detection(&self) -> Result<OutlierDetection, InvalidConfig> {
-        OutlierDetection::new()
-            .consecutive_failures(self.eject_after)?
-            // Base first: the maximum may not be set below the current base (10 s by default).
-            .base_ejection_time(EJECT_FIRST)?
-            .max_ejection_time(EJECT_MAX)?
+        OutlierDetection::builder()
+            .consecutive_failures(self.eject_after)
+            .base_ejection_time(EJECT_FIRST)
+            .max_ejection_time(EJECT_MAX)
             .max_ejected_share(1.0)
+            .build()
     }
 }
 

@@ -267,10 +267,11 @@ where
 {
     // One failure ejects a server for a second (doubling while it keeps failing, up to 30 s):
     // a refused connection is cheap to detect, and the retry then goes to another server.
-    let detection = OutlierDetection::new()
+    let detection = OutlierDetection::builder()
         .consecutive_failures(1)
-        .and_then(|d| d.base_ejection_time(Duration::from_secs(1)))
-        .and_then(|d| d.max_ejection_time(Duration::from_secs(30)))
+        .base_ejection_time(Duration::from_secs(1))
+        .max_ejection_time(Duration::from_secs(30))
+        .build()
         .expect("valid outlier detection settings");
     let balance = BalanceLayer::new(strategy)
         .outlier_detection(detection)

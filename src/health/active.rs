@@ -30,41 +30,41 @@ use crate::{
 };
 
 /// Settings of active health checking: a [`Probe`] and how often, how patiently and after how
-/// many results in a row it changes its mind. Run them over a set with
-/// [`Endpoints::check_health`].
+/// many results in a row it changes its mind. Build them with [`HealthCheck::builder`] and run
+/// them over a set with [`Endpoints::check_health`].
 ///
 /// A checker probes every endpoint of the set on its own schedule, without request traffic:
 ///
 /// - An endpoint's first probe runs as soon as the checker sees it (when the checker starts, or
-///   when the endpoint is inserted). The next one starts [`interval`](Self::interval) after it
-///   finished, plus a random [`jitter`](Self::jitter); while the endpoint is down,
-///   [`unhealthy_interval`](Self::unhealthy_interval) after it finished instead. Probes of one
-///   endpoint never overlap.
-/// - A probe that does not finish within [`timeout`](Self::timeout) is dropped and counts as a
-///   failure; so does a probe that panics (the checker goes on).
-/// - [`unhealthy_threshold`](Self::unhealthy_threshold) failures in a row take an endpoint out:
-///   no strategy routes to it. [`healthy_threshold`](Self::healthy_threshold) passes in a row let
-///   it back.
+///   when the endpoint is inserted). The next one starts [`interval`](HealthCheckBuilder::interval)
+///   after it finished, plus a random [`jitter`](HealthCheckBuilder::jitter); while the endpoint
+///   is out, [`unhealthy_interval`](HealthCheckBuilder::unhealthy_interval) after it finished
+///   instead. Probes of one endpoint never overlap.
+/// - A probe that does not finish within [`timeout`](HealthCheckBuilder::timeout) is dropped and
+///   counts as a failure; so does a probe that panics (the checker goes on).
+/// - [`unhealthy_threshold`](HealthCheckBuilder::unhealthy_threshold) failures in a row take an
+///   endpoint out: no strategy routes to it.
+///   [`healthy_threshold`](HealthCheckBuilder::healthy_threshold) passes in a row let it back.
 /// - A new endpoint waits for its first probe: it is out until that probe passes (one pass is
 ///   enough, as in Envoy), and if the probe fails it needs the healthy threshold like any other.
-///   With [`start_healthy`](Self::start_healthy) it takes requests at once instead, and only the
-///   unhealthy threshold takes it out.
+///   With [`start_healthy`](HealthCheckBuilder::start_healthy) it takes requests at once instead,
+///   and only the unhealthy threshold takes it out.
 ///
 /// | setting | default | Envoy | HAProxy |
 /// |---|---|---|---|
-/// | [`interval`](Self::interval) | 5 s | `interval` | `inter` |
-/// | [`unhealthy_interval`](Self::unhealthy_interval) | the interval | `unhealthy_interval` | `downinter` |
-/// | [`jitter`](Self::jitter) | 0 | `interval_jitter` | `spread-checks` (a share) |
-/// | [`timeout`](Self::timeout) | 1 s | `timeout` | `timeout check` |
-/// | [`unhealthy_threshold`](Self::unhealthy_threshold) | 3 | `unhealthy_threshold` | `fall` |
-/// | [`healthy_threshold`](Self::healthy_threshold) | 2 | `healthy_threshold` | `rise` |
-/// | [`start_healthy`](Self::start_healthy) | off: wait for the first probe | (waits) | `init-state` |
+/// | [`interval`](HealthCheckBuilder::interval) | 5 s | `interval` | `inter` |
+/// | [`unhealthy_interval`](HealthCheckBuilder::unhealthy_interval) | the interval | `unhealthy_interval` | `downinter` |
+/// | [`jitter`](HealthCheckBuilder::jitter) | 0 | `interval_jitter` | `spread-checks` (a share) |
+/// | [`timeout`](HealthCheckBuilder::timeout) | 1 s | `timeout` | `timeout check` |
+/// | [`unhealthy_threshold`](HealthCheckBuilder::unhealthy_threshold) | 3 | `unhealthy_threshold` | `fall` |
+/// | [`healthy_threshold`](HealthCheckBuilder::healthy_threshold) | 2 | `healthy_threshold` | `rise` |
+/// | [`start_healthy`](HealthCheckBuilder::start_healthy) | off: wait for the first probe | (waits) | `init-state` |
 ///
 /// Active and passive health combine as in Envoy: an endpoint takes requests only while its probes
 /// find it up **and** outlier detection has not ejected it. A passing probe does not end an
 /// ejection, nor does the end of an ejection let in an endpoint its probes find down. When no
 /// endpoint is eligible, the balancer routes over all of them (panic mode) unless outlier
-/// detection was told to [fail instead](super::OutlierDetection::fail_when_all_ejected).
+/// detection was told to [fail instead](super::OutlierDetectionBuilder::fail_when_all_ejected).
 ///
 /// # Examples
 ///
@@ -90,11 +90,12 @@ use crate::{
 ///     let up = *key != "b";
 ///     async move { up }
 /// });
-/// let check = HealthCheck::new(probe)
-///     .interval(Duration::from_secs(2))?
-///     .timeout(Duration::from_millis(500))?
-///     .unhealthy_threshold(3)?
-///     .healthy_threshold(2)?;
+/// let check = HealthCheck::builder(probe)
+///     .interval(Duration::from_secs(2))
+///     .timeout(Duration::from_millis(500))
+///     .unhealthy_threshold(3)
+///     .healthy_threshold(2)
+///     .build()?;
 /// // The checker runs beside the balancer; it ends when the set and its balancers are gone.
 /// tokio::spawn(set.check_health(check));
 ///
@@ -140,71 +141,11 @@ impl<P> HealthCheck<P> {
         }
     }
 
-    /// The time from the end of one probe of an endpoint to the start of the next, before jitter.
-    ///
-    /// # Errors
-    ///
-    /// [`InvalidConfig`] if `interval` is zero.
-    pub fn interval(mut self, interval: Duration) -> Result<Self, InvalidConfig> {
-        self.interval = positive("health check interval", interval)?;
-        Ok(self)
-    }
-
-    /// The interval while an endpoint is down, usually shorter so that it returns sooner (default:
-    /// the interval).
-    ///
-    /// # Errors
-    ///
-    /// [`InvalidConfig`] if `interval` is zero.
-    pub fn unhealthy_interval(mut self, interval: Duration) -> Result<Self, InvalidConfig> {
-        self.unhealthy_interval = Some(positive("unhealthy health check interval", interval)?);
-        Ok(self)
-    }
-
-    /// A random time from 0 to `jitter` added to every interval, drawn anew each time, so that
-    /// the probes of many endpoints (and of many clients) do not fall into step. Zero (the
-    /// default) probes at the exact interval.
-    pub fn jitter(mut self, jitter: Duration) -> Self {
-        self.jitter = jitter;
-        self
-    }
-
-    /// How long a probe may take: one that has not finished by then is dropped, cancelling
-    /// whatever it was waiting for, and counts as a failure.
-    ///
-    /// # Errors
-    ///
-    /// [`InvalidConfig`] if `timeout` is zero.
-    pub fn timeout(mut self, timeout: Duration) -> Result<Self, InvalidConfig> {
-        self.timeout = positive("health check timeout", timeout)?;
-        Ok(self)
-    }
-
-    /// How many failed probes in a row take an endpoint out.
-    ///
-    /// # Errors
-    ///
-    /// [`InvalidConfig`] if `threshold` is 0.
-    pub fn unhealthy_threshold(mut self, threshold: u32) -> Result<Self, InvalidConfig> {
-        self.unhealthy_threshold = at_least_one("unhealthy threshold", threshold)?;
-        Ok(self)
-    }
-
-    /// How many passed probes in a row let an endpoint that is out back in.
-    ///
-    /// # Errors
-    ///
-    /// [`InvalidConfig`] if `threshold` is 0.
-    pub fn healthy_threshold(mut self, threshold: u32) -> Result<Self, InvalidConfig> {
-        self.healthy_threshold = at_least_one("healthy threshold", threshold)?;
-        Ok(self)
-    }
-
-    /// New endpoints (and those present when the checker starts) take requests at once, before
-    /// their first probe, instead of waiting for it to pass.
-    pub fn start_healthy(mut self) -> Self {
-        self.start_healthy = true;
-        self
+    /// Settings for `probe` that start from the defaults of [`HealthCheck::new`].
+    pub fn builder(probe: P) -> HealthCheckBuilder<P> {
+        HealthCheckBuilder {
+            settings: Self::new(probe),
+        }
     }
 
     /// The probe.
@@ -230,18 +171,124 @@ impl<P> HealthCheck<P> {
     }
 }
 
-fn positive(option: &'static str, value: Duration) -> Result<Duration, InvalidConfig> {
+/// Changes the settings of a [`HealthCheck`] from their defaults; [`build`] checks them all at
+/// once.
+///
+/// [`build`]: HealthCheckBuilder::build
+///
+/// # Examples
+///
+/// ```
+/// use std::{net::SocketAddr, time::Duration};
+/// use tower_lb::health::{probe::Tcp, HealthCheck};
+///
+/// let check = HealthCheck::builder(Tcp::new())
+///     .interval(Duration::from_secs(10))
+///     .unhealthy_interval(Duration::from_secs(2))
+///     .jitter(Duration::from_secs(1))
+///     .build()
+///     .unwrap();
+/// # let _ = check;
+///
+/// let error = HealthCheck::builder(Tcp::new())
+///     .unhealthy_threshold(0)
+///     .build()
+///     .unwrap_err();
+/// assert_eq!(error.to_string(), "invalid unhealthy threshold: must be at least 1, got 0");
+/// ```
+#[derive(Clone)]
+pub struct HealthCheckBuilder<P> {
+    settings: HealthCheck<P>,
+}
+
+impl<P> HealthCheckBuilder<P> {
+    /// The time from the end of one probe of an endpoint to the start of the next, before jitter
+    /// (more than zero; default 5 s).
+    pub fn interval(mut self, interval: Duration) -> Self {
+        self.settings.interval = interval;
+        self
+    }
+
+    /// The interval while an endpoint is out, usually shorter so that it returns sooner (more
+    /// than zero; default: the interval).
+    pub fn unhealthy_interval(mut self, interval: Duration) -> Self {
+        self.settings.unhealthy_interval = Some(interval);
+        self
+    }
+
+    /// A random time from 0 to `jitter` added to every interval, drawn anew each time, so that
+    /// the probes of many endpoints (and of many clients) do not fall into step. Zero (the
+    /// default) probes at the exact interval.
+    pub fn jitter(mut self, jitter: Duration) -> Self {
+        self.settings.jitter = jitter;
+        self
+    }
+
+    /// How long a probe may take (more than zero; default 1 s): one that has not finished by then
+    /// is dropped, cancelling whatever it was waiting for, and counts as a failure.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.settings.timeout = timeout;
+        self
+    }
+
+    /// How many failed probes in a row take an endpoint out (at least 1; default 3).
+    pub fn unhealthy_threshold(mut self, threshold: u32) -> Self {
+        self.settings.unhealthy_threshold = threshold;
+        self
+    }
+
+    /// How many passed probes in a row let an endpoint that is out back in (at least 1; default
+    /// 2).
+    pub fn healthy_threshold(mut self, threshold: u32) -> Self {
+        self.settings.healthy_threshold = threshold;
+        self
+    }
+
+    /// New endpoints (and those present when the checker starts) take requests at once, before
+    /// their first probe, instead of waiting for it to pass.
+    pub fn start_healthy(mut self) -> Self {
+        self.settings.start_healthy = true;
+        self
+    }
+
+    /// Checks the settings together.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidConfig`] if an interval or the timeout is zero, or a threshold is 0.
+    pub fn build(self) -> Result<HealthCheck<P>, InvalidConfig> {
+        let s = self.settings;
+        positive("health check interval", s.interval)?;
+        if let Some(interval) = s.unhealthy_interval {
+            positive("unhealthy health check interval", interval)?;
+        }
+        positive("health check timeout", s.timeout)?;
+        at_least_one("unhealthy threshold", s.unhealthy_threshold)?;
+        at_least_one("healthy threshold", s.healthy_threshold)?;
+        Ok(s)
+    }
+}
+
+impl<P> fmt::Debug for HealthCheckBuilder<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HealthCheckBuilder")
+            .field("settings", &self.settings)
+            .finish()
+    }
+}
+
+fn positive(option: &'static str, value: Duration) -> Result<(), InvalidConfig> {
     if value.is_zero() {
         return Err(InvalidConfig::new(option, "more than zero", "0s"));
     }
-    Ok(value)
+    Ok(())
 }
 
-fn at_least_one(option: &'static str, value: u32) -> Result<u32, InvalidConfig> {
+fn at_least_one(option: &'static str, value: u32) -> Result<(), InvalidConfig> {
     if value == 0 {
         return Err(InvalidConfig::new(option, "at least 1", value));
     }
-    Ok(value)
+    Ok(())
 }
 
 impl<P> fmt::Debug for HealthCheck<P> {
@@ -271,7 +318,7 @@ where
     /// inserted, stops at once when it is removed (dropping a probe in progress, and with it the
     /// clone of the endpoint's service the probe held), and probes a replaced service from its
     /// next probe on, keeping the endpoint's counts. Unless the settings
-    /// [start them healthy](HealthCheck::start_healthy), the endpoints present now and those
+    /// [start them healthy](HealthCheckBuilder::start_healthy), the endpoints present now and those
     /// inserted later are out from the moment the checker sees them (for an insertion, as the set
     /// publishes it) until their first probe passes.
     ///

@@ -11,19 +11,20 @@
 //! share of the set (default 50%, and always at least one endpoint) is ejected at once.
 //!
 //! Every strategy skips ejected endpoints the way it skips unavailable ones: keyless strategies go
-//! to the next endpoints, keyed strategies to the key's next candidates, so only the ejected
-//! endpoint's keys move, and they come back when the ejection ends.
+//! to their next choice, spreading the ejected endpoint's share over the others, keyed strategies
+//! to the key's next candidates, so only the ejected endpoint's keys move, and they come back when
+//! the ejection ends.
 //!
 //! When no endpoint is eligible, the balancer is in *panic mode*: by default it routes over all of
 //! them as if none were ejected (a likely-wrong ejection is better than no service); with
-//! [`OutlierDetection::fail_when_all_ejected`] requests fail at once with
+//! [`OutlierDetectionBuilder::fail_when_all_ejected`] requests fail at once with
 //! [`Unavailable`](crate::error::Unavailable) instead.
 //!
-//! With [`OutlierDetection::slow_start`], an endpoint returning from ejection (or newly inserted)
-//! gets its share ramped up linearly over a window: the load-aware strategies
+//! With [`OutlierDetectionBuilder::slow_start`], an endpoint returning from ejection (or newly
+//! inserted) gets its share ramped up linearly over a window: the load-aware strategies
 //! ([`PowerOfTwoChoices`](crate::strategy::PowerOfTwoChoices)) scale its weight, the other keyless
 //! strategies let it take each of its turns with the same probability (a turn it passes goes to
-//! the endpoints after it). Keyed strategies do not ramp: a key's endpoint is its endpoint.
+//! the strategy's next choice). Keyed strategies do not ramp: a key's endpoint is its endpoint.
 //!
 //! The counts, the ejection state and the per-endpoint statistics live beside the endpoint set:
 //! every clone of a balancer, and every balancer over the same set, sees and feeds the same ones.
@@ -56,10 +57,10 @@
 //!     ("a", tower::util::BoxCloneSyncService::new(healthy)),
 //!     ("b", tower::util::BoxCloneSyncService::new(broken)),
 //! ]);
-//! let detection = OutlierDetection::new()
+//! let detection = OutlierDetection::builder()
 //!     .consecutive_failures(2)
-//!     .unwrap()
 //!     .base_ejection_time(Duration::from_secs(30))
+//!     .build()
 //!     .unwrap();
 //! let balance = BalanceLayer::new(RoundRobin::new())
 //!     .outlier_detection(detection)
@@ -93,7 +94,7 @@ pub mod probe;
 
 #[cfg(feature = "health-check")]
 #[cfg_attr(docsrs, doc(cfg(feature = "health-check")))]
-pub use self::active::{Checker, HealthCheck};
+pub use self::active::{Checker, HealthCheck, HealthCheckBuilder};
 
 /// Tells which responses count as failures for outlier detection. Errors always do.
 pub trait Classify<Res> {
@@ -131,6 +132,9 @@ where
 }
 
 /// Settings of passive health checking; see the [module docs](self).
+///
+/// [`OutlierDetection::new`] gives the defaults; [`OutlierDetection::builder`] changes them, and
+/// checks them together when it builds.
 #[derive(Clone)]
 pub struct OutlierDetection {
     pub(crate) consecutive_failures: u32,
@@ -157,107 +161,141 @@ impl OutlierDetection {
         }
     }
 
-    /// Ejects an endpoint after `k` consecutive failures.
-    ///
-    /// # Errors
-    ///
-    /// [`InvalidConfig`] if `k` is 0.
-    pub fn consecutive_failures(mut self, k: u32) -> Result<Self, InvalidConfig> {
-        if k == 0 {
-            return Err(InvalidConfig::new("consecutive failures", "at least 1", k));
+    /// Settings that start from the defaults of [`OutlierDetection::new`].
+    pub fn builder() -> OutlierDetectionBuilder {
+        OutlierDetectionBuilder {
+            settings: Self::new(),
         }
-        self.consecutive_failures = k;
-        Ok(self)
-    }
-
-    /// The first ejection lasts `base`; each further ejection in a row doubles it.
-    ///
-    /// # Errors
-    ///
-    /// [`InvalidConfig`] if `base` is zero or above the maximum ejection time.
-    pub fn base_ejection_time(mut self, base: Duration) -> Result<Self, InvalidConfig> {
-        if base.is_zero() || base > self.max {
-            return Err(InvalidConfig::new(
-                "base ejection time",
-                "more than zero and at most the maximum ejection time",
-                format_args!("{base:?}"),
-            ));
-        }
-        self.base = base;
-        Ok(self)
-    }
-
-    /// Caps the ejection time.
-    ///
-    /// # Errors
-    ///
-    /// [`InvalidConfig`] if `max` is below the base ejection time.
-    pub fn max_ejection_time(mut self, max: Duration) -> Result<Self, InvalidConfig> {
-        if max < self.base {
-            return Err(InvalidConfig::new(
-                "max ejection time",
-                "at least the base ejection time",
-                format_args!("{max:?}"),
-            ));
-        }
-        self.max = max;
-        Ok(self)
-    }
-
-    /// The largest share of the set ejected at once, from 0 to 1 (default 0.5). At least one
-    /// endpoint may always be ejected.
-    ///
-    /// # Errors
-    ///
-    /// [`InvalidConfig`] unless `0 <= share <= 1`.
-    pub fn max_ejected_share(mut self, share: f64) -> Result<Self, InvalidConfig> {
-        if !(0.0..=1.0).contains(&share) {
-            return Err(InvalidConfig::new(
-                "max ejected share",
-                "between 0 and 1",
-                share,
-            ));
-        }
-        self.max_ejected = share;
-        Ok(self)
-    }
-
-    /// When every endpoint is ejected, fail requests with
-    /// [`Unavailable`](crate::error::Unavailable) instead of routing over all of them.
-    pub fn fail_when_all_ejected(mut self) -> Self {
-        self.panic = false;
-        self
-    }
-
-    /// Ramps an endpoint's share up linearly over `window` (from 5%) after it returns from
-    /// ejection or joins the set, for the keyless strategies; see the [module docs](self).
-    ///
-    /// # Errors
-    ///
-    /// [`InvalidConfig`] if `window` is zero.
-    pub fn slow_start(mut self, window: Duration) -> Result<Self, InvalidConfig> {
-        if window.is_zero() {
-            return Err(InvalidConfig::new(
-                "slow start window",
-                "more than zero",
-                "0s",
-            ));
-        }
-        self.slow_start = Some(window);
-        Ok(self)
-    }
-
-    /// The clock ejection times are measured on (default `Instant::now`). Tests that run on
-    /// tokio's paused clock pass `|| tokio::time::Instant::now().into_std()`.
-    pub fn clock(mut self, clock: fn() -> Instant) -> Self {
-        self.clock = clock;
-        self
     }
 }
 
 impl Default for OutlierDetection {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// Changes the settings of [`OutlierDetection`] from their defaults; [`build`] checks them all at
+/// once.
+///
+/// [`build`]: OutlierDetectionBuilder::build
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_lb::health::OutlierDetection;
+///
+/// let detection = OutlierDetection::builder()
+///     .consecutive_failures(3)
+///     .base_ejection_time(Duration::from_secs(30))
+///     .max_ejection_time(Duration::from_secs(600))
+///     .build()
+///     .unwrap();
+/// # let _ = detection;
+///
+/// let error = OutlierDetection::builder()
+///     .base_ejection_time(Duration::from_secs(60))
+///     .max_ejection_time(Duration::from_secs(30))
+///     .build()
+///     .unwrap_err();
+/// assert_eq!(error.option(), "max ejection time");
+/// ```
+#[derive(Clone, Debug)]
+pub struct OutlierDetectionBuilder {
+    settings: OutlierDetection,
+}
+
+impl OutlierDetectionBuilder {
+    /// Ejects an endpoint after `k` consecutive failures (at least 1; default 5).
+    pub fn consecutive_failures(mut self, k: u32) -> Self {
+        self.settings.consecutive_failures = k;
+        self
+    }
+
+    /// The first ejection lasts `base` (more than zero, at most the maximum; default 10 s); each
+    /// further ejection in a row doubles it.
+    pub fn base_ejection_time(mut self, base: Duration) -> Self {
+        self.settings.base = base;
+        self
+    }
+
+    /// Caps the ejection time (at least the base; default 300 s).
+    pub fn max_ejection_time(mut self, max: Duration) -> Self {
+        self.settings.max = max;
+        self
+    }
+
+    /// The largest share of the set ejected at once, from 0 to 1 (default 0.5). At least one
+    /// endpoint may always be ejected.
+    pub fn max_ejected_share(mut self, share: f64) -> Self {
+        self.settings.max_ejected = share;
+        self
+    }
+
+    /// When every endpoint is ejected, fail requests with
+    /// [`Unavailable`](crate::error::Unavailable) instead of routing over all of them.
+    pub fn fail_when_all_ejected(mut self) -> Self {
+        self.settings.panic = false;
+        self
+    }
+
+    /// Ramps an endpoint's share up linearly over `window` (more than zero; from 5%) after it
+    /// returns from ejection or joins the set, for the keyless strategies; see the
+    /// [module docs](self).
+    pub fn slow_start(mut self, window: Duration) -> Self {
+        self.settings.slow_start = Some(window);
+        self
+    }
+
+    /// The clock ejection times are measured on (default `Instant::now`). Tests that run on
+    /// tokio's paused clock pass `|| tokio::time::Instant::now().into_std()`.
+    pub fn clock(mut self, clock: fn() -> Instant) -> Self {
+        self.settings.clock = clock;
+        self
+    }
+
+    /// Checks the settings together.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidConfig`], naming the first setting out of its range: consecutive failures of 0, a
+    /// zero base ejection time, a maximum below the base, a share outside 0 to 1 (or not a
+    /// number), a zero slow start window.
+    pub fn build(self) -> Result<OutlierDetection, InvalidConfig> {
+        let s = self.settings;
+        if s.consecutive_failures == 0 {
+            return Err(InvalidConfig::new("consecutive failures", "at least 1", 0));
+        }
+        if s.base.is_zero() {
+            return Err(InvalidConfig::new(
+                "base ejection time",
+                "more than zero",
+                "0s",
+            ));
+        }
+        if s.max < s.base {
+            return Err(InvalidConfig::new(
+                "max ejection time",
+                "at least the base ejection time",
+                format_args!("{:?} (base {:?})", s.max, s.base),
+            ));
+        }
+        if !(0.0..=1.0).contains(&s.max_ejected) {
+            return Err(InvalidConfig::new(
+                "max ejected share",
+                "between 0 and 1",
+                s.max_ejected,
+            ));
+        }
+        if s.slow_start.is_some_and(|window| window.is_zero()) {
+            return Err(InvalidConfig::new(
+                "slow start window",
+                "more than zero",
+                "0s",
+            ));
+        }
+        Ok(s)
     }
 }
 
@@ -271,5 +309,52 @@ impl fmt::Debug for OutlierDetection {
             .field("panic", &self.panic)
             .field("slow_start", &self.slow_start)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_are_checked_together_in_any_order() {
+        let long = Duration::from_secs(600);
+        // The maximum first, then a base below it: fine, whatever the order.
+        let ok = OutlierDetection::builder()
+            .max_ejection_time(long)
+            .base_ejection_time(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        assert_eq!((ok.base, ok.max), (Duration::from_secs(30), long));
+
+        let cases = [
+            (
+                OutlierDetection::builder().consecutive_failures(0),
+                "consecutive failures",
+            ),
+            (
+                OutlierDetection::builder().base_ejection_time(Duration::ZERO),
+                "base ejection time",
+            ),
+            (
+                OutlierDetection::builder().max_ejection_time(Duration::from_secs(1)),
+                "max ejection time",
+            ),
+            (
+                OutlierDetection::builder().max_ejected_share(1.5),
+                "max ejected share",
+            ),
+            (
+                OutlierDetection::builder().max_ejected_share(f64::NAN),
+                "max ejected share",
+            ),
+            (
+                OutlierDetection::builder().slow_start(Duration::ZERO),
+                "slow start window",
+            ),
+        ];
+        for (builder, option) in cases {
+            assert_eq!(builder.build().unwrap_err().option(), option);
+        }
     }
 }

@@ -39,7 +39,9 @@
 //! tokio::spawn(set.check_health(HealthCheck::new(http)));
 //!
 //! // A TCP connect to each key's address, as a second, cheaper check.
-//! let tcp = HealthCheck::new(probe::Tcp::new()).interval(Duration::from_secs(1))?;
+//! let tcp = HealthCheck::builder(probe::Tcp::new())
+//!     .interval(Duration::from_secs(1))
+//!     .build()?;
 //! tokio::spawn(set.check_health(tcp));
 //!
 //! // Anything else: a closure that gets the key and the endpoint's service.
@@ -537,7 +539,9 @@ mod grpc {
     /// # async fn example() -> Result<(), BoxError> {
     /// let channel = Endpoint::from_static("http://127.0.0.1:50051").connect_lazy();
     /// let set: Endpoints<String, Channel> = Endpoints::from_iter([("a".to_owned(), channel)]);
-    /// let check = HealthCheck::new(Grpc::new("echo.Echo")).interval(Duration::from_secs(1))?;
+    /// let check = HealthCheck::builder(Grpc::new("echo.Echo"))
+    ///     .interval(Duration::from_secs(1))
+    ///     .build()?;
     /// tokio::spawn(set.check_health(check));
     /// # Ok(())
     /// # }

@@ -2,13 +2,13 @@
 //!
 //! | strategy | pick | weights | unavailable endpoint | membership change |
 //! |---|---|---|---|---|
-//! | [`RoundRobin`] | atomic cursor | ignored | the next endpoints in set order | rotation goes on over the new set |
-//! | [`WeightedRoundRobin`] | precomputed smooth schedule + atomic cursor | exact share per period | the next endpoints in set order | new schedule |
+//! | [`RoundRobin`] | atomic cursor | ignored | the next turn; the turns passed over are spent, so the others keep equal shares | rotation goes on over the new set |
+//! | [`WeightedRoundRobin`] | precomputed smooth schedule + atomic cursor | exact share per period | the schedule's next turn of another endpoint; turns passed over are spent, so the others keep their proportions | new schedule |
 //! | [`Hash`](struct@Hash) | crc32 of the request key mod N (Go's mapping) | weighted slots | the next endpoints in key-byte order; only its keys move, and come back | most keys move |
 //! | [`ConsistentHash`] | ketama ring, bucket index; tower-lb's own, or nginx's, pingora-ketama's or libketama's ([`Placement`]) | points per unit of weight | the next endpoints on the ring; only its keys move, and come back | only the keys it must move |
 //! | [`Maglev`] | prime-sized lookup table | entries per unit of weight | the owners of the key's next table entries; only its keys move | few keys besides its own |
-//! | [`PowerOfTwoChoices`] | the less loaded of two random endpoints (in flight, or peak-EWMA latency) | load divided by weight | the next endpoints in set order | new draws |
-//! | [`Random`] | a random endpoint | drawn in proportion | the next endpoints in set order | new draws |
+//! | [`PowerOfTwoChoices`] | the less loaded of two random endpoints (in flight, or peak-EWMA latency) | load divided by weight | loses every comparison; a new pair is drawn | new draws |
+//! | [`Random`] | a random endpoint | drawn in proportion | a new draw, among the eligible only | new draws |
 //!
 //! A strategy is configuration plus shared state (a cursor). [`BalanceLayer`](crate::BalanceLayer)
 //! clones the strategy for every balancer it builds, and a fresh clone starts with fresh state; the
@@ -21,11 +21,12 @@
 //! # Readiness
 //!
 //! The keyless strategies ([`RoundRobin`], [`WeightedRoundRobin`], [`PowerOfTwoChoices`],
-//! [`Random`]) pick in `poll_ready`: the
-//! chosen endpoint is polled to readiness there, so its backpressure reaches the caller. When it
-//! is not ready, the balancer passes over it to the endpoints that follow it in set order, up to
+//! [`Random`]) pick in `poll_ready`: the chosen endpoint is polled to readiness there, so its
+//! backpressure reaches the caller. When it is not ready (or is ejected), the balancer passes over
+//! it to the strategy's next choice (the next turn, a new draw), up to
 //! [`BalanceLayer::max_tries`](crate::BalanceLayer::max_tries) candidates, before returning
-//! `Pending` itself.
+//! `Pending` itself. The turns passed over are spent, so the endpoints that are left share the
+//! unavailable one's load in proportion to their weights.
 //!
 //! The keyed strategies ([`Hash`](struct@Hash), [`ConsistentHash`], [`Maglev`]) cannot pick
 //! before they see the request:

@@ -193,8 +193,9 @@ where
 #[test]
 fn routing_requests_allocates_nothing() {
     let set = Endpoints::try_from_weighted((0..100u32).map(|i| (i, Echo, 1 + i % 7))).unwrap();
-    let detection = OutlierDetection::new()
+    let detection = OutlierDetection::builder()
         .slow_start(Duration::from_secs(5))
+        .build()
         .unwrap();
     let peak_ewma = PowerOfTwoChoices::new()
         .peak_ewma(Duration::from_millis(1), Duration::from_secs(10))

@@ -107,7 +107,7 @@ async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
 }
 
 fn is_get(id: usize) -> bool {
-    id.is_multiple_of(2)
+    id % 2 == 0
 }
 
 fn key_of(id: usize) -> String {

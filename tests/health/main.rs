@@ -14,7 +14,7 @@ use tower::{discover::Change, service_fn, util::BoxCloneSyncService, Layer, Serv
 use tower_lb::{
     discover::Update,
     error::{AllEjected, Unavailable},
-    health::{OutlierDetection, ServerErrors},
+    health::{OutlierDetection, OutlierDetectionBuilder, ServerErrors},
     key,
     strategy::{ConsistentHash, PowerOfTwoChoices, RoundRobin},
     Balance, BalanceLayer, BoxError, Endpoints,
@@ -25,14 +25,11 @@ fn paused_clock() -> std::time::Instant {
 }
 
 /// Ejects after 3 failures, for 10 s doubling up to 40 s, on tokio's clock.
-fn detection() -> OutlierDetection {
-    OutlierDetection::new()
+fn detection() -> OutlierDetectionBuilder {
+    OutlierDetection::builder()
         .consecutive_failures(3)
-        .unwrap()
         .base_ejection_time(Duration::from_secs(10))
-        .unwrap()
         .max_ejection_time(Duration::from_secs(40))
-        .unwrap()
         .clock(paused_clock)
 }
 
@@ -78,7 +75,7 @@ async fn failing_endpoint_is_ejected_and_returns_after_a_doubling_backoff() {
     let [a, b, c] = mocks(["a", "b", "c"]);
     b.fail_calls(true);
     let svc = BalanceLayer::new(RoundRobin::new())
-        .outlier_detection(detection())
+        .outlier_detection(detection().build().unwrap())
         .layer(set_of(&[a.clone(), b.clone(), c.clone()]));
 
     // First ejection: 10 s.
@@ -111,7 +108,7 @@ async fn a_success_after_return_resets_the_backoff() {
     let [a, b] = mocks(["a", "b"]);
     b.fail_calls(true);
     let svc = BalanceLayer::new(RoundRobin::new())
-        .outlier_detection(detection())
+        .outlier_detection(detection().build().unwrap())
         .layer(set_of(&[a.clone(), b.clone()]));
 
     eject(&svc, &b).await;
@@ -131,7 +128,7 @@ async fn at_most_the_configured_share_is_ejected() {
         m.fail_calls(true);
     }
     let svc = BalanceLayer::new(RoundRobin::new())
-        .outlier_detection(detection().max_ejected_share(0.5).unwrap())
+        .outlier_detection(detection().max_ejected_share(0.5).build().unwrap())
         .layer(set_of(&endpoints));
     send_any(&svc, 200).await;
     let ejected = svc
@@ -147,7 +144,7 @@ async fn panic_mode_routes_over_all_endpoints_when_all_are_ejected() {
     let [a] = mocks(["a"]);
     a.fail_calls(true);
     let svc = BalanceLayer::new(RoundRobin::new())
-        .outlier_detection(detection())
+        .outlier_detection(detection().build().unwrap())
         .layer(set_of(std::slice::from_ref(&a)));
     send_any(&svc, 3).await;
     assert!(svc.stats()[0].ejected_for.is_some());
@@ -161,7 +158,7 @@ async fn fail_mode_fails_fast_when_all_are_ejected() {
     let [a] = mocks(["a"]);
     a.fail_calls(true);
     let svc = BalanceLayer::new(RoundRobin::new())
-        .outlier_detection(detection().fail_when_all_ejected())
+        .outlier_detection(detection().fail_when_all_ejected().build().unwrap())
         .layer(set_of(std::slice::from_ref(&a)));
     send_any(&svc, 3).await;
     let err = svc.clone().oneshot(()).await.unwrap_err();
@@ -180,7 +177,7 @@ async fn failing_readiness_counts_towards_ejection() {
     let [a, b] = mocks(["a", "b"]);
     b.set_readiness(Readiness::Fail);
     let svc = BalanceLayer::new(RoundRobin::new())
-        .outlier_detection(detection())
+        .outlier_detection(detection().build().unwrap())
         .layer(set_of(&[a.clone(), b.clone()]));
     send(&svc, 6).await;
     let stats = svc.stats();
@@ -196,7 +193,7 @@ async fn ejected_endpoint_keys_move_to_their_fallback_and_come_back() {
     let set = Endpoints::from_iter(servers.iter().map(|m| (m.name(), m.clone())));
     let strategy = ConsistentHash::new(key::header(HeaderName::from_static("x-key")));
     let svc = BalanceLayer::new(strategy)
-        .outlier_detection(detection())
+        .outlier_detection(detection().build().unwrap())
         .layer(set);
     let request = |k: &str| Request::builder().header("x-key", k).body(()).unwrap();
     let keys: Vec<String> = (0..200).map(|i| format!("user-{i}")).collect();
@@ -245,7 +242,7 @@ async fn server_errors_count_as_failures_with_the_http_classifier() {
         ("broken", answer(StatusCode::BAD_GATEWAY, "broken")),
     ]);
     let svc = BalanceLayer::new(RoundRobin::new())
-        .outlier_detection(detection())
+        .outlier_detection(detection().build().unwrap())
         .classify(ServerErrors)
         .layer(set);
     for _ in 0..6 {
@@ -259,7 +256,7 @@ async fn server_errors_count_as_failures_with_the_http_classifier() {
     // Without the classifier, a 5xx response is a success.
     let set = Endpoints::from_iter([("broken", answer(StatusCode::BAD_GATEWAY, "broken"))]);
     let svc = BalanceLayer::new(RoundRobin::new())
-        .outlier_detection(detection())
+        .outlier_detection(detection().build().unwrap())
         .layer(set);
     for _ in 0..6 {
         svc.clone().oneshot(()).await.unwrap();
@@ -275,7 +272,12 @@ async fn slow_start_ramps_a_new_endpoints_share() {
     }
     let set = set_of(&[a.clone(), b.clone()]);
     let svc = BalanceLayer::new(PowerOfTwoChoices::seeded(4))
-        .outlier_detection(detection().slow_start(Duration::from_secs(10)).unwrap())
+        .outlier_detection(
+            detection()
+                .slow_start(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+        )
         .layer(set.clone());
     let mut held = Vec::new();
     let mut send_held = |count: usize| {
@@ -377,7 +379,12 @@ async fn slow_start_ramps_a_new_endpoint_under_round_robin() {
     let [a, b, c] = mocks(["a", "b", "c"]);
     let set = set_of(&[a.clone(), b.clone()]);
     let svc = BalanceLayer::new(RoundRobin::new())
-        .outlier_detection(detection().slow_start(Duration::from_secs(10)).unwrap())
+        .outlier_detection(
+            detection()
+                .slow_start(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+        )
         .layer(set.clone());
     send(&svc, 10).await;
     set.insert("c", c.clone());

@@ -141,10 +141,10 @@ async fn probes_start_at_once_then_run_an_interval_after_the_end_of_the_previous
     let set = set_of(&endpoints);
     let script = Script::new();
     script.set("b", Answer::Hang);
-    let check = HealthCheck::new(script.probe())
+    let check = HealthCheck::builder(script.probe())
         .interval(secs(3))
-        .unwrap()
         .timeout(secs(1))
+        .build()
         .unwrap();
     let start = Instant::now();
     let _checker = tokio::spawn(set.check_health(check));
@@ -162,16 +162,14 @@ async fn an_endpoint_that_is_out_is_probed_at_the_unhealthy_interval() {
     let set = set_of(&endpoints);
     let script = Script::new();
     script.set("a", Answer::Fail);
-    let check = HealthCheck::new(script.probe())
+    let check = HealthCheck::builder(script.probe())
         .interval(secs(10))
-        .unwrap()
         .unhealthy_interval(secs(2))
-        .unwrap()
         .unhealthy_threshold(2)
-        .unwrap()
         .healthy_threshold(2)
-        .unwrap()
-        .start_healthy();
+        .start_healthy()
+        .build()
+        .unwrap();
     let start = Instant::now();
     let _checker = tokio::spawn(set.check_health(check));
 
@@ -191,10 +189,11 @@ async fn jitter_adds_from_zero_to_the_configured_jitter_to_every_interval() {
     let endpoints = mocks(["a"]);
     let set = set_of(&endpoints);
     let script = Script::new();
-    let check = HealthCheck::new(script.probe())
+    let check = HealthCheck::builder(script.probe())
         .interval(secs(1))
-        .unwrap()
-        .jitter(Duration::from_millis(250));
+        .jitter(Duration::from_millis(250))
+        .build()
+        .unwrap();
     let start = Instant::now();
     let _checker = tokio::spawn(set.check_health(check));
 
@@ -220,14 +219,13 @@ async fn exactly_the_unhealthy_threshold_takes_an_endpoint_out_and_the_healthy_t
     let balance = BalanceLayer::new(RoundRobin::new()).layer(set.clone());
     let script = Script::new();
     script.set("b", Answer::Fail);
-    let check = HealthCheck::new(script.probe())
+    let check = HealthCheck::builder(script.probe())
         .interval(secs(10))
-        .unwrap()
         .unhealthy_threshold(3)
-        .unwrap()
         .healthy_threshold(2)
-        .unwrap()
-        .start_healthy();
+        .start_healthy()
+        .build()
+        .unwrap();
     let events = crate::tracing_events::capture();
     let start = Instant::now();
     let _checker = tokio::spawn(set.check_health(check));
@@ -308,12 +306,12 @@ async fn failures_that_are_not_in_a_row_never_take_an_endpoint_out() {
     let set = set_of(&endpoints);
     let balance = BalanceLayer::new(RoundRobin::new()).layer(set.clone());
     let script = Script::new();
-    let check = HealthCheck::new(script.probe())
+    let check = HealthCheck::builder(script.probe())
         .interval(secs(1))
-        .unwrap()
         .unhealthy_threshold(3)
-        .unwrap()
-        .start_healthy();
+        .start_healthy()
+        .build()
+        .unwrap();
     let start = Instant::now();
     let _checker = tokio::spawn(set.check_health(check));
     // fail, fail, pass, fail, fail, pass, ...
@@ -341,10 +339,10 @@ async fn a_new_endpoint_waits_for_its_first_probe_and_one_pass_lets_it_in() {
     // b's first probe takes 500 ms and passes; c's fails.
     script.set("b", Answer::PassAfter(500));
     script.set("c", Answer::Fail);
-    let check = HealthCheck::new(script.probe())
+    let check = HealthCheck::builder(script.probe())
         .interval(secs(10))
-        .unwrap()
         .healthy_threshold(3)
+        .build()
         .unwrap();
     let start = Instant::now();
     let _checker = tokio::spawn(set.check_health(check));
@@ -384,10 +382,11 @@ async fn with_start_healthy_a_new_endpoint_takes_requests_before_its_first_probe
     let balance = BalanceLayer::new(RoundRobin::new()).layer(set.clone());
     let script = Script::new();
     script.set("b", Answer::Hang);
-    let check = HealthCheck::new(script.probe())
+    let check = HealthCheck::builder(script.probe())
         .timeout(secs(1))
-        .unwrap()
-        .start_healthy();
+        .start_healthy()
+        .build()
+        .unwrap();
     let _checker = tokio::spawn(set.check_health(check));
     tokio::task::yield_now().await;
     set.insert("b", endpoints[1].clone());
@@ -405,14 +404,13 @@ async fn a_hanging_probe_is_cut_by_the_timeout_and_counts_as_a_failure() {
     let balance = BalanceLayer::new(RoundRobin::new()).layer(set.clone());
     let script = Script::new();
     script.set("a", Answer::Hang);
-    let check = HealthCheck::new(script.probe())
+    let check = HealthCheck::builder(script.probe())
         .interval(secs(5))
-        .unwrap()
         .timeout(Duration::from_millis(1_500))
-        .unwrap()
         .unhealthy_threshold(2)
-        .unwrap()
-        .start_healthy();
+        .start_healthy()
+        .build()
+        .unwrap();
     let start = Instant::now();
     let _checker = tokio::spawn(set.check_health(check));
 
@@ -441,12 +439,12 @@ async fn a_panicking_probe_counts_as_a_failure_and_the_checker_goes_on() {
     let script = Script::new();
     script.set("a", Answer::Panic);
     script.set("b", Answer::PanicAtOnce);
-    let check = HealthCheck::new(script.probe())
+    let check = HealthCheck::builder(script.probe())
         .interval(secs(1))
-        .unwrap()
         .unhealthy_threshold(2)
-        .unwrap()
-        .start_healthy();
+        .start_healthy()
+        .build()
+        .unwrap();
     let start = Instant::now();
     let checker = tokio::spawn(set.check_health(check));
 
@@ -477,13 +475,13 @@ async fn a_panicking_probe_counts_as_a_failure_and_the_checker_goes_on() {
 
 #[test]
 fn zero_intervals_timeouts_and_thresholds_are_typed_errors() {
-    let check = || HealthCheck::new(Script::new().probe::<Mock>());
+    let check = || HealthCheck::builder(Script::new().probe::<Mock>());
     let errors: Vec<InvalidConfig> = vec![
-        check().interval(Duration::ZERO).unwrap_err(),
-        check().unhealthy_interval(Duration::ZERO).unwrap_err(),
-        check().timeout(Duration::ZERO).unwrap_err(),
-        check().unhealthy_threshold(0).unwrap_err(),
-        check().healthy_threshold(0).unwrap_err(),
+        check().interval(Duration::ZERO).build().unwrap_err(),
+        check().unhealthy_interval(Duration::ZERO).build().unwrap_err(),
+        check().timeout(Duration::ZERO).build().unwrap_err(),
+        check().unhealthy_threshold(0).build().unwrap_err(),
+        check().healthy_threshold(0).build().unwrap_err(),
     ];
     let messages: Vec<String> = errors.iter().map(ToString::to_string).collect();
     assert_eq!(
@@ -496,11 +494,19 @@ fn zero_intervals_timeouts_and_thresholds_are_typed_errors() {
             "invalid healthy threshold: must be at least 1, got 0",
         ]
     );
+    // Checked together, whatever the order they were set in.
+    let late = check()
+        .healthy_threshold(0)
+        .interval(Duration::from_secs(1))
+        .build()
+        .unwrap_err();
+    assert_eq!(late.option(), "healthy threshold");
     assert!(check()
         .interval(Duration::from_nanos(1))
-        .and_then(|c| c.timeout(Duration::from_nanos(1)))
-        .and_then(|c| c.unhealthy_threshold(1))
-        .and_then(|c| c.healthy_threshold(1))
+        .timeout(Duration::from_nanos(1))
+        .unhealthy_threshold(1)
+        .healthy_threshold(1)
+        .build()
         .is_ok());
 
     let http = |path| probe::Http::<()>::new(path);
@@ -540,12 +546,11 @@ async fn keys_of_an_endpoint_that_is_out_move_to_their_next_candidates_and_come_
         Endpoints::from_iter(["a", "b", "d"].map(|name| (name, ()))),
     );
     let script = Script::new();
-    let check = HealthCheck::new(script.probe())
+    let check = HealthCheck::builder(script.probe())
         .interval(secs(1))
-        .unwrap()
         .unhealthy_threshold(1)
-        .unwrap()
         .healthy_threshold(1)
+        .build()
         .unwrap();
     let start = Instant::now();
     let _checker = tokio::spawn(set.check_health(check));
@@ -588,12 +593,12 @@ async fn a_request_waiting_on_an_endpoint_routes_again_when_probes_take_it_out()
         .find(|k| balance.endpoint_for_key(k) == Some("b"))
         .unwrap();
     let script = Script::new();
-    let check = HealthCheck::new(script.probe())
+    let check = HealthCheck::builder(script.probe())
         .interval(secs(10))
-        .unwrap()
         .unhealthy_threshold(1)
-        .unwrap()
-        .start_healthy();
+        .start_healthy()
+        .build()
+        .unwrap();
     let start = Instant::now();
     let _checker = tokio::spawn(set.check_health(check));
 
@@ -622,12 +627,12 @@ async fn an_endpoint_is_out_while_any_checker_finds_it_down_and_a_dropped_checke
     let failing = Script::new();
     failing.set("b", Answer::Fail);
     let check = |script: &Script| {
-        HealthCheck::new(script.probe())
+        HealthCheck::builder(script.probe())
             .interval(secs(1))
-            .unwrap()
             .unhealthy_threshold(1)
-            .unwrap()
             .start_healthy()
+            .build()
+            .unwrap()
     };
     let start = Instant::now();
     let _first = tokio::spawn(set.check_health(check(&passing)));
@@ -651,24 +656,23 @@ async fn passing_probes_do_not_end_an_outlier_ejection_and_failing_ones_keep_out
 ) {
     let endpoints = mocks(["a", "b"]);
     let set = set_of(&endpoints);
-    let detection = OutlierDetection::new()
+    let detection = OutlierDetection::builder()
         .consecutive_failures(1)
-        .unwrap()
         .base_ejection_time(secs(30))
-        .unwrap()
-        .clock(|| Instant::now().into_std());
+        .clock(|| Instant::now().into_std())
+        .build()
+        .unwrap();
     let balance = BalanceLayer::new(RoundRobin::new())
         .outlier_detection(detection)
         .layer(set.clone());
     let script = Script::new();
-    let check = HealthCheck::new(script.probe())
+    let check = HealthCheck::builder(script.probe())
         .interval(secs(1))
-        .unwrap()
         .unhealthy_threshold(1)
-        .unwrap()
         .healthy_threshold(1)
-        .unwrap()
-        .start_healthy();
+        .start_healthy()
+        .build()
+        .unwrap();
     let start = Instant::now();
     let _checker = tokio::spawn(set.check_health(check));
 

@@ -119,10 +119,10 @@ async fn sequence(active: bool) -> Run {
         (s.name.to_owned(), endpoint.connect_lazy())
     }));
     // The same passive health in both runs: three failures in a row eject for a second.
-    let detection = OutlierDetection::new()
+    let detection = OutlierDetection::builder()
         .consecutive_failures(3)
-        .unwrap()
         .base_ejection_time(Duration::from_secs(1))
+        .build()
         .unwrap();
     let balance = BalanceLayer::new(ConsistentHash::new(x_key()))
         .outlier_detection(detection)
@@ -155,14 +155,12 @@ async fn sequence(active: bool) -> Run {
             .is_some_and(|p| p.healthy == healthy)
     };
     let checker = active.then(|| {
-        let check = HealthCheck::new(Grpc::new(app::SERVICE))
+        let check = HealthCheck::builder(Grpc::new(app::SERVICE))
             .interval(Duration::from_millis(25))
-            .unwrap()
             .timeout(Duration::from_millis(500))
-            .unwrap()
             .unhealthy_threshold(2)
-            .unwrap()
             .healthy_threshold(2)
+            .build()
             .unwrap();
         tokio::spawn(channels.check_health(check))
     });

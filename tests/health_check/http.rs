@@ -179,14 +179,12 @@ async fn a_backend_whose_health_turns_503_is_out_after_the_unhealthy_threshold_a
     assert!(owners.iter().filter(|o| **o == "b").count() > 20);
 
     // Probes through each endpoint; the gate holds each of b's until the test lets it answer.
-    let check = HealthCheck::new(probe::Http::new("/health").unwrap())
+    let check = HealthCheck::builder(probe::Http::new("/health").unwrap())
         .interval(Duration::from_millis(10))
-        .unwrap()
         .timeout(Duration::from_secs(60))
-        .unwrap()
         .unhealthy_threshold(3)
-        .unwrap()
         .healthy_threshold(2)
+        .build()
         .unwrap();
     let _checker = tokio::spawn(set.check_health(check));
 
@@ -297,10 +295,10 @@ async fn through_a_client_the_probe_sends_the_configured_request_and_checks_the_
         .unwrap()
         .expected_statuses([204..=204])
         .unwrap();
-    let check = HealthCheck::new(probe)
+    let check = HealthCheck::builder(probe)
         .interval(Duration::from_millis(10))
-        .unwrap()
         .unhealthy_threshold(1)
+        .build()
         .unwrap();
     let balance = BalanceLayer::new(RoundRobin::new()).layer(set.clone());
     let _checker = tokio::spawn(set.check_health(check));

@@ -37,10 +37,10 @@ async fn a_removed_endpoint_is_not_probed_again_and_its_probe_in_progress_is_dro
     let script = Script::new();
     // b's probe hangs (with a clone of b's service) until a 60 s timeout; c's are quick.
     script.set("b", Answer::Hang);
-    let check = HealthCheck::new(script.probe())
+    let check = HealthCheck::builder(script.probe())
         .interval(Duration::from_secs(1))
-        .unwrap()
         .timeout(Duration::from_secs(60))
+        .build()
         .unwrap();
     let start = Instant::now();
     let _checker = tokio::spawn(set.check_health(check));
@@ -73,8 +73,9 @@ async fn an_inserted_endpoint_is_probed_and_a_replaced_service_is_probed_from_th
         log.lock().unwrap().push(endpoint.name());
         async { true }
     });
-    let check = HealthCheck::new(probe)
+    let check = HealthCheck::builder(probe)
         .interval(Duration::from_secs(1))
+        .build()
         .unwrap();
     let start = Instant::now();
     let _checker = tokio::spawn(set.check_health(check));
@@ -100,12 +101,12 @@ async fn the_checker_ends_when_the_set_and_every_balancer_are_gone_and_holds_not
     let script = Script::new();
     // b's probe is in progress when the set goes.
     script.set("b", Answer::Hang);
-    let check = HealthCheck::new(script.probe())
+    let check = HealthCheck::builder(script.probe())
         .interval(Duration::from_millis(10))
-        .unwrap()
         .timeout(Duration::from_secs(60))
-        .unwrap()
-        .start_healthy();
+        .start_healthy()
+        .build()
+        .unwrap();
     let checker = tokio::spawn(set.check_health(check));
     assert_eq!(alive_tasks(), 1);
     until("a few probes of a", || {
@@ -141,8 +142,9 @@ async fn a_dropped_checker_stops_probing_and_lets_back_the_endpoints_it_took_out
     let balance = BalanceLayer::new(RoundRobin::new()).layer(set.clone());
     let script = Script::new();
     script.set("b", Answer::Fail);
-    let check = HealthCheck::new(script.probe())
+    let check = HealthCheck::builder(script.probe())
         .interval(Duration::from_secs(1))
+        .build()
         .unwrap();
     let start = Instant::now();
     let checker = tokio::spawn(set.check_health(check));

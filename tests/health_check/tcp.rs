@@ -71,10 +71,10 @@ async fn a_tcp_probe_passes_while_the_port_accepts_and_fails_while_connections_a
     let [a, b]: [Mock; 2] = mocks(["live", "gone"]);
     let set = Endpoints::from_iter([(live_addr, a), (gone_addr, b)]);
     let balance = BalanceLayer::new(RoundRobin::new()).layer(set.clone());
-    let check = HealthCheck::new(probe::Tcp::new())
+    let check = HealthCheck::builder(probe::Tcp::new())
         .interval(Duration::from_millis(20))
-        .unwrap()
         .unhealthy_threshold(2)
+        .build()
         .unwrap();
     let _checker = tokio::spawn(set.check_health(check));
 
@@ -146,14 +146,13 @@ async fn a_backend_that_accepts_and_never_answers_is_taken_out_by_probe_timeouts
     let balance = BalanceLayer::new(RoundRobin::new()).layer(set.clone());
     // HTTP probes through a hyper-util client: the silent backend never sends a status line.
     let probe = probe::Http::with_client(client(), "/health").unwrap();
-    let check = HealthCheck::new(probe)
+    let check = HealthCheck::builder(probe)
         .interval(Duration::from_millis(20))
-        .unwrap()
         .timeout(Duration::from_millis(200))
-        .unwrap()
         .unhealthy_threshold(2)
-        .unwrap()
-        .start_healthy();
+        .start_healthy()
+        .build()
+        .unwrap();
     let checker = tokio::spawn(set.check_health(check));
 
     until("the silent backend out", || {

@@ -343,21 +343,17 @@ where
             }
         }
         let set = Endpoints::try_from_weighted(initial).unwrap();
-        let mut detection = OutlierDetection::new()
+        let mut detection = OutlierDetection::builder()
             .consecutive_failures(case.consecutive_failures)
-            .unwrap()
             .base_ejection_time(Duration::from_secs(10))
-            .unwrap()
             .max_ejection_time(Duration::from_secs(40))
-            .unwrap()
             .max_ejected_share(case.max_ejected_share)
-            .unwrap()
             .clock(test_clock);
         if !case.panic_mode {
             detection = detection.fail_when_all_ejected();
         }
         let lb = BalanceLayer::new(strategy)
-            .outlier_detection(detection)
+            .outlier_detection(detection.build().unwrap())
             .layer(set.clone());
         Self {
             kind,
