@@ -478,7 +478,10 @@ fn zero_intervals_timeouts_and_thresholds_are_typed_errors() {
     let check = || HealthCheck::builder(Script::new().probe::<Mock>());
     let errors: Vec<InvalidConfig> = vec![
         check().interval(Duration::ZERO).build().unwrap_err(),
-        check().unhealthy_interval(Duration::ZERO).build().unwrap_err(),
+        check()
+            .unhealthy_interval(Duration::ZERO)
+            .build()
+            .unwrap_err(),
         check().timeout(Duration::ZERO).build().unwrap_err(),
         check().unhealthy_threshold(0).build().unwrap_err(),
         check().healthy_threshold(0).build().unwrap_err(),
