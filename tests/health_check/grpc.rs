@@ -103,7 +103,8 @@ struct Run {
 }
 
 /// Runs 10,000 calls over `server-1` .. `server-3` while server-2 goes `NOT_SERVING` (after 2,000
-/// calls), is stopped (after 4,000) and restarted on its port (after 6,000), with or without an
+/// calls), is stopped (after 4,000) and restarted on its port (after 6,000, and after at least
+/// 1,000 calls made while it was stopped), with or without an
 /// active gRPC health check. Each step starts when the calls reach its mark, and the calls wait at
 /// the next mark until it is done: with active checks, until the checker has taken server-2 out
 /// (or let it back in).
@@ -223,9 +224,12 @@ async fn sequence(active: bool) -> Run {
 
     reached(4_000).await;
     let addr = server_2.stop().await;
+    let stopped_at = next.load(Ordering::SeqCst);
     steps_done.send_replace(2);
 
-    reached(6_000).await;
+    // At least 1,000 calls while server-2 is down (the callers wait at 6,000 only until the stop
+    // is done, so this is before 7,100).
+    reached(6_000.max(stopped_at + 1_000)).await;
     let server_2 = start("server-2", Some(addr)).await;
     if active {
         until("server-2 back in", || server_2_in(&balance, true)).await;
