@@ -131,9 +131,11 @@ where
     #[inline]
     pub fn endpoint_for_key(&self, key: impl AsRef<[u8]>) -> Option<&K> {
         let hash = self.shared.strategy.key_hash(key.as_ref())?;
-        let position = self.snapshot.position(hash).ok()?;
-        let members = &self.snapshot.members.list;
-        let index = self.snapshot.table.candidate(members, None, position, 0);
+        let (members, table) = (&self.snapshot.members.list, &self.snapshot.table);
+        if members.is_empty() || table.error().is_some() {
+            return None;
+        }
+        let index = table.candidate(members, None, table.position(hash), 0);
         Some(&members[index].key)
     }
 

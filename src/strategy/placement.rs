@@ -211,8 +211,9 @@ fn position(hash: u32) -> u64 {
 }
 
 /// The first 4 bytes of the md5 of `bytes`, little-endian: libketama's hash of a request key, and
-/// of the first of a digest's four points.
-#[inline]
+/// of the first of a digest's four points. Out of line, so that the other placements' key hash
+/// stays small enough to inline.
+#[inline(never)]
 fn md5_prefix(bytes: &[u8]) -> u32 {
     let digest = Md5::digest(bytes);
     u32::from_le_bytes([digest[0], digest[1], digest[2], digest[3]])
