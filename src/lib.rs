@@ -25,6 +25,9 @@
 //!   traffic ([`discover`]).
 //! - **Passive health**: outlier ejection with a doubling backoff, a cap on the ejected share,
 //!   panic mode and slow start ([`health`]); per-endpoint [`Balance::stats`].
+//! - **Active health** (feature `health-check`): a checker you spawn probes every endpoint over
+//!   HTTP, the gRPC health protocol (feature `tonic`), TCP or a closure, and takes out those it
+//!   finds down, with Envoy's and HAProxy's settings ([`health`]).
 //! - **Cheap per request**: picking reads a lock-free snapshot and bumps an atomic cursor; no
 //!   mutex and no heap allocation on the request path (when the chosen endpoint is ready).
 //!   Cloning a `Balance` (as axum does for every request) costs one `Arc` clone.
@@ -106,7 +109,7 @@ pub use self::{
     error::BoxError,
     layer::BalanceLayer,
     service::Balance,
-    stats::{EndpointStats, KeyMap},
+    stats::{EndpointStats, KeyMap, ProbeStats},
 };
 
 /// Compiles the README's example as a doctest.

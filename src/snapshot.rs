@@ -156,6 +156,12 @@ where
         self.version.store(members.version, Ordering::Release);
         self.waiters.wake_all();
     }
+
+    fn eligibility_changed(&self) {
+        // A request waiting on a candidate that was just taken out routes again; one waiting
+        // because nothing was eligible finds the endpoint that came back.
+        self.waiters.wake_all();
+    }
 }
 
 impl<St, K, S> Membership<S> for Shared<St, K, S>
