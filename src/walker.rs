@@ -56,6 +56,9 @@ pub(crate) trait Candidates<S>: Set {
 pub(crate) trait Membership<S>: Send + Sync {
     /// The version of the newest snapshot.
     fn version(&self) -> u64;
+    /// How many changes could have made a waiting request route again: membership changes and
+    /// endpoints taken out or let back.
+    fn generation(&self) -> u64;
     /// The newest snapshot and the position in it of a key that hashes to `hash`, or the error a
     /// new request would get (an empty set, a table that could not be built).
     fn reroute(&self, hash: u64) -> Result<(Arc<dyn Candidates<S>>, u64), BoxError>;
@@ -683,11 +686,14 @@ where
     C: Clone,
 {
     pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Routed<S, Req, C>> {
+        // Noted before the candidates are polled: a change after this point wakes the request
+        // even if it comes before the request registers its waker.
+        let generation = self.membership.generation();
         let routed = self.route(cx);
-        let (membership, version) = (&self.membership, self.walk.version());
+        let membership = &self.membership;
         if routed.is_pending() {
             membership.waiters().wait(&mut self.waiter, cx.waker(), || {
-                membership.version() != version
+                membership.generation() != generation
             });
         } else {
             membership.waiters().deregister(&mut self.waiter);
