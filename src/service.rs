@@ -304,6 +304,9 @@ where
             }
         }
         let shared = &*self.shared;
+        // Noted before the candidates are polled: a change after this point wakes the caller
+        // even if it comes before the caller registers its waker.
+        let generation = shared.generation();
         let reused = self.cache.is_reused();
         let snapshot = self.cache.current(shared, reused);
         match walk_keyless(shared, &snapshot, &mut self.walk, start, cx) {
@@ -327,8 +330,7 @@ where
             }
             Poll::Ready(Err(error)) => self.reserved = Reserved::Failed(error),
             Poll::Pending => {
-                let version = snapshot.members.version;
-                let changed = || shared.version() != version;
+                let changed = || shared.generation() != generation;
                 shared.waiters.wait(&mut self.waiter, cx.waker(), changed);
                 return Poll::Pending;
             }
