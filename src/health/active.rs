@@ -558,9 +558,12 @@ async fn probe_endpoint<K, S, P>(
 {
     let state = Arc::clone(&vote.state);
     // Out until its first probe passes: one pass is enough then.
-    let mut first = vote.out;
+    let mut streak = Streak {
+        first: vote.out,
+        passes: 0,
+        failures: 0,
+    };
     state.probe.update(|_| {});
-    let (mut passes, mut failures) = (0u32, 0u32);
     // Where the endpoint was in the last snapshot it was looked up in.
     let mut index = 0;
     loop {
@@ -569,50 +572,72 @@ async fn probe_endpoint<K, S, P>(
         };
         let result = probe_once(&check, &key, service).await;
         let was_out = vote.out;
-        match &result {
-            Ok(()) => {
-                passes = passes.saturating_add(1);
-                failures = 0;
-                if first {
-                    vote.let_in();
-                    tracing::debug!(endpoint = ?key, "first health probe passed");
-                } else if vote.out && passes >= check.healthy_threshold {
-                    vote.let_in();
-                    tracing::info!(
-                        endpoint = ?key,
-                        consecutive_passes = passes,
-                        "active health check passed: the endpoint takes requests again"
-                    );
-                }
-            }
-            Err(error) => {
-                failures = failures.saturating_add(1);
-                passes = 0;
-                tracing::debug!(endpoint = ?key, %error, consecutive_failures = failures, "health probe failed");
-                if !vote.out && failures >= check.unhealthy_threshold {
-                    vote.take_out();
-                    tracing::warn!(
-                        endpoint = ?key,
-                        %error,
-                        consecutive_failures = failures,
-                        "active health check failed: taking the endpoint out"
-                    );
-                }
-            }
-        }
-        first = false;
+        streak.judge(&result, &mut vote, &check, &key);
         state.probe.update(|record| {
             record.probes += 1;
             record.failed += u64::from(result.is_err());
             record.last_at = Some(SystemTime::now());
             record.last_error = result.err();
-            record.consecutive_passes = passes;
-            record.consecutive_failures = failures;
+            record.consecutive_passes = streak.passes;
+            record.consecutive_failures = streak.failures;
         });
         if vote.out != was_out {
             notify(&set);
         }
         tokio::time::sleep(check.wait(vote.out)).await;
+    }
+}
+
+/// The probes of one endpoint in a row, against the thresholds.
+struct Streak {
+    /// Whether no probe has been judged yet.
+    first: bool,
+    passes: u32,
+    failures: u32,
+}
+
+impl Streak {
+    /// Counts a probe's result, and takes the endpoint out or lets it back in when a threshold is
+    /// reached (the first probe of an endpoint that waits for it lets it in at once).
+    fn judge<K: fmt::Debug, P>(
+        &mut self,
+        result: &Result<(), String>,
+        vote: &mut Vote,
+        check: &HealthCheck<P>,
+        key: &K,
+    ) {
+        match result {
+            Ok(()) => {
+                self.passes = self.passes.saturating_add(1);
+                self.failures = 0;
+                if self.first {
+                    vote.let_in();
+                    tracing::debug!(endpoint = ?key, "first health probe passed");
+                } else if vote.out && self.passes >= check.healthy_threshold {
+                    vote.let_in();
+                    tracing::info!(
+                        endpoint = ?key,
+                        consecutive_passes = self.passes,
+                        "active health check passed: the endpoint takes requests again"
+                    );
+                }
+            }
+            Err(error) => {
+                self.failures = self.failures.saturating_add(1);
+                self.passes = 0;
+                tracing::debug!(endpoint = ?key, %error, consecutive_failures = self.failures, "health probe failed");
+                if !vote.out && self.failures >= check.unhealthy_threshold {
+                    vote.take_out();
+                    tracing::warn!(
+                        endpoint = ?key,
+                        %error,
+                        consecutive_failures = self.failures,
+                        "active health check failed: taking the endpoint out"
+                    );
+                }
+            }
+        }
+        self.first = false;
     }
 }
 
