@@ -279,3 +279,48 @@ impl<D, K, S> fmt::Debug for Follow<D, K, S> {
             .finish()
     }
 }
+
+/// A stream of [`Update`]s as a `tower::discover::Discover`: inserts and removals become
+/// `tower::discover::Change`s, and weight and locality changes are dropped (a `Change` carries
+/// neither). The
+/// `changes` method of the discovery sources (DNS, etcd) returns one.
+#[derive(Debug)]
+pub struct Changes<D> {
+    inner: D,
+}
+
+impl<D> Changes<D> {
+    /// Adapts `updates`.
+    pub fn new(updates: D) -> Self {
+        Self { inner: updates }
+    }
+
+    /// The adapted stream.
+    pub fn get_ref(&self) -> &D {
+        &self.inner
+    }
+}
+
+impl<D, K, S, E> Stream for Changes<D>
+where
+    D: Stream<Item = Result<Update<K, S>, E>> + Unpin,
+{
+    type Item = Result<Change<K, S>, E>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            let change = match std::task::ready!(Pin::new(&mut self.inner).poll_next(cx)) {
+                Some(Ok(
+                    Update::Insert(key, service)
+                    | Update::InsertWeighted(key, service, _)
+                    | Update::InsertLocated(key, service, ..),
+                )) => Ok(Change::Insert(key, service)),
+                Some(Ok(Update::Remove(key))) => Ok(Change::Remove(key)),
+                Some(Ok(Update::SetWeight(..) | Update::SetLocality(..))) => continue,
+                Some(Err(error)) => Err(error),
+                None => return Poll::Ready(None),
+            };
+            return Poll::Ready(Some(change));
+        }
+    }
+}

@@ -86,7 +86,6 @@ use hickory_resolver::{
     TokioResolver,
 };
 use tokio::time::{Instant, Sleep};
-use tower::discover::Change;
 
 use crate::{discover::Update, error::BoxError};
 
@@ -167,7 +166,7 @@ impl<F> DnsDiscover<F> {
     /// The stream as a `tower::discover::Discover`: inserts and removals as
     /// `tower::discover::Change`s, with weights dropped.
     pub fn changes(self) -> Changes<F> {
-        Changes { inner: self }
+        Changes::new(self)
     }
 
     /// The addresses of the last successful answer, in address order.
@@ -283,45 +282,10 @@ impl<F> fmt::Debug for DnsDiscover<F> {
     }
 }
 
-/// A [`DnsDiscover`] as a `tower::discover::Discover`, from [`DnsDiscover::changes`].
-///
-/// Yields `Change::Insert` for every new address and `Change::Remove` for every address gone;
-/// weight changes are dropped.
-pub struct Changes<F> {
-    inner: DnsDiscover<F>,
-}
-
-impl<F> fmt::Debug for Changes<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Changes")
-            .field("inner", &self.inner)
-            .finish()
-    }
-}
-
-impl<F, S> Stream for Changes<F>
-where
-    F: Fn(SocketAddr) -> S,
-{
-    type Item = Result<Change<SocketAddr, S>, DnsError>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        loop {
-            let change = match ready!(Pin::new(&mut self.inner).poll_next(cx)) {
-                Some(Ok(
-                    Update::Insert(addr, service)
-                    | Update::InsertWeighted(addr, service, _)
-                    | Update::InsertLocated(addr, service, ..),
-                )) => Ok(Change::Insert(addr, service)),
-                Some(Ok(Update::Remove(addr))) => Ok(Change::Remove(addr)),
-                Some(Ok(Update::SetWeight(..) | Update::SetLocality(..))) => continue,
-                Some(Err(error)) => Err(error),
-                None => return Poll::Ready(None),
-            };
-            return Poll::Ready(Some(change));
-        }
-    }
-}
+/// A [`DnsDiscover`] as a `tower::discover::Discover`, from [`DnsDiscover::changes`]: yields
+/// `Change::Insert` for every new address and `Change::Remove` for every address gone; weight
+/// changes are dropped.
+pub type Changes<F> = crate::discover::Changes<DnsDiscover<F>>;
 
 /// How [`DnsDiscoverBuilder::nameserver`] talks to a nameserver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -149,7 +149,6 @@ use etcd_client::{
 };
 use futures_core::Stream;
 use serde_json::{Map, Value};
-use tower::discover::Change;
 
 use crate::{discover::Update, error::BoxError};
 
@@ -214,7 +213,7 @@ impl<F> EtcdDiscover<F> {
     /// The stream as a `tower::discover::Discover`: inserts and removals as
     /// `tower::discover::Change`s, with weights dropped.
     pub fn changes(self) -> Changes<F> {
-        Changes { inner: self }
+        Changes::new(self)
     }
 }
 
@@ -264,45 +263,10 @@ impl<F> fmt::Debug for EtcdDiscover<F> {
     }
 }
 
-/// An [`EtcdDiscover`] as a `tower::discover::Discover`, from [`EtcdDiscover::changes`].
-///
-/// Yields `Change::Insert` for every new address and `Change::Remove` for every address gone;
-/// weight changes are dropped.
-pub struct Changes<F> {
-    inner: EtcdDiscover<F>,
-}
-
-impl<F> fmt::Debug for Changes<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Changes")
-            .field("inner", &self.inner)
-            .finish()
-    }
-}
-
-impl<F, S> Stream for Changes<F>
-where
-    F: Fn(&str) -> S,
-{
-    type Item = Result<Change<String, S>, EtcdError>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        loop {
-            let change = match ready!(Pin::new(&mut self.inner).poll_next(cx)) {
-                Some(Ok(
-                    Update::Insert(addr, service)
-                    | Update::InsertWeighted(addr, service, _)
-                    | Update::InsertLocated(addr, service, ..),
-                )) => Ok(Change::Insert(addr, service)),
-                Some(Ok(Update::Remove(addr))) => Ok(Change::Remove(addr)),
-                Some(Ok(Update::SetWeight(..) | Update::SetLocality(..))) => continue,
-                Some(Err(error)) => Err(error),
-                None => return Poll::Ready(None),
-            };
-            return Poll::Ready(Some(change));
-        }
-    }
-}
+/// An [`EtcdDiscover`] as a `tower::discover::Discover`, from [`EtcdDiscover::changes`]: yields
+/// `Change::Insert` for every new address and `Change::Remove` for every address gone; weight
+/// changes are dropped.
+pub type Changes<F> = crate::discover::Changes<EtcdDiscover<F>>;
 
 /// Configures an [`EtcdDiscover`]; from [`EtcdDiscover::prefix`].
 #[derive(Debug, Clone)]

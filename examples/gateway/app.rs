@@ -38,7 +38,8 @@
 //! that concurrent requests and retries stop trying it. Once its time is over, requests try it
 //! again; a success clears its backoff. A failure is an error from the backend (a failed
 //! connection, or a failed exchange) or a 502, 503 or 504 answer ([`is_backend_failure`]); a
-//! request cut short by the gateway's timeout is not counted either way.
+//! request cut short by the gateway's timeout counts as a failure when it had been with its
+//! backend for a second or more (tower-lb's abandoned requests), and not at all otherwise.
 //!
 //! Any number of backends may be ejected at once. When every one is, the balancer is in *panic
 //! mode*: it routes over all of them as if none were ejected, so that a wrong ejection never

@@ -9,7 +9,7 @@
 //!
 //! | layer | what it does |
 //! |---|---|
-//! | [`status_from`] | turns the stack's errors into gRPC statuses, keeping the typed error as the source |
+//! | `tower_lb::http::grpc_status` | turns the stack's errors into gRPC statuses (`DEADLINE_EXCEEDED` after the timeout, `UNAVAILABLE` with no server to call, `INVALID_ARGUMENT` without a key), keeping the typed error as the source |
 //! | `tower::timeout` | bounds the whole call, retries included ([`ClientConfig::timeout`]) |
 //! | [`CollectBody`] | reads the encoded message into `Bytes`, so that a retry can send it again |
 //! | `tower::retry` with [`RetryPolicy`] | sends the call again when the channel failed (connection refused or broken) |
@@ -44,16 +44,13 @@ use tonic::{
     body::Body,
     server::{NamedService, UnaryService},
     transport::{server::TcpIncoming, Channel, Endpoint},
-    Code, GrpcMethod, Status,
+    GrpcMethod, Status,
 };
 use tonic_prost::ProstCodec;
-use tower::{
-    retry::Policy, timeout::error::Elapsed, util::BoxCloneSyncService, Layer, Service,
-    ServiceBuilder,
-};
+use tower::{retry::Policy, util::BoxCloneSyncService, Layer, Service, ServiceBuilder};
 use tower_lb::{
-    error::{MissingKey, NoEndpoints, Unavailable},
     health::OutlierDetection,
+    http::grpc_status,
     strategy::{Route, Strategy},
     Balance, BalanceLayer, BoxError, Endpoints,
 };
@@ -277,7 +274,7 @@ where
         .outlier_detection(detection)
         .layer(channels.clone());
     let stack = ServiceBuilder::new()
-        .map_err(status_from)
+        .map_err(grpc_status)
         .timeout(config.timeout)
         .layer(CollectBodyLayer)
         .retry(RetryPolicy::new(config.retries))
@@ -322,31 +319,7 @@ impl EchoClient {
     }
 }
 
-/// The gRPC status of a failed call: a code that tells the caller what happened, with the typed
-/// error as its source (`status.source()`, to downcast).
-///
-/// | error | code |
-/// |---|---|
-/// | [`Elapsed`]: no answer within the timeout | `DEADLINE_EXCEEDED` |
-/// | [`MissingKey`]: no `x-key` metadata, and no default key | `INVALID_ARGUMENT` |
-/// | [`NoEndpoints`], [`Unavailable`]: no server to send the call to | `UNAVAILABLE` |
-/// | a channel's error | tonic's mapping: `UNAVAILABLE` when it could not connect |
-pub fn status_from(error: BoxError) -> Status {
-    let code = if error.is::<Elapsed>() {
-        Code::DeadlineExceeded
-    } else if error.is::<MissingKey>() {
-        Code::InvalidArgument
-    } else if error.is::<NoEndpoints>() || error.is::<Unavailable>() {
-        Code::Unavailable
-    } else {
-        return Status::from_error(error);
-    };
-    let mut status = Status::new(code, error.to_string());
-    status.set_source(Arc::from(error));
-    status
-}
-
-/// The typed error behind a status made by [`status_from`], if it is an `E`.
+/// The typed error behind a status made by `grpc_status`, if it is an `E`.
 pub fn source_of<E: Error + 'static>(status: &Status) -> Option<&E> {
     status.source()?.downcast_ref::<E>()
 }

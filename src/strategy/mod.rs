@@ -294,6 +294,11 @@ pub(crate) mod internal {
         /// keyless strategies; a key's endpoint is its endpoint.
         fn ramps(&self) -> bool;
 
+        /// An endpoint of the snapshot became eligible or ineligible without a membership change
+        /// (an active health check took it out or let it back): tables that keep what they
+        /// computed from eligibility recompute it.
+        fn eligibility_changed(&self) {}
+
         /// Whether the table's positions are the consecutive turns of a cursor (a rotation, a
         /// schedule) rather than random bits or key hashes: a strategy that splits requests
         /// between groups of endpoints then gives each group consecutive turns of its own.

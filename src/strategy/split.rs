@@ -16,8 +16,9 @@
 //! by probes) without a scan per request: the table keeps each endpoint's eligibility as it last
 //! computed the shares, and checks every candidate a walk meets against it. A difference (an
 //! endpoint ejected, returned, found down or up again) recomputes the shares, once, in whichever
-//! request saw it; so does every 4,096th walk, which catches changes among endpoints that receive
-//! no requests, and a change of the rule's own inputs (a zone-aware client's view of the client
+//! request saw it; so does the first walk after an active health check takes an endpoint out or
+//! lets it back, every 4,096th walk, which catches changes among endpoints that receive no
+//! requests, and a change of the rule's own inputs (a zone-aware client's view of the client
 //! fleet).
 //!
 //! [`Tiers`]: super::Tiers
@@ -337,6 +338,13 @@ impl<T: Table, R: Rule> Table for Split<T, R> {
 
     fn ramps(&self) -> bool {
         self.groups.first().is_none_or(|g| g.table.ramps())
+    }
+
+    fn eligibility_changed(&self) {
+        self.stale.store(true, Ordering::Relaxed);
+        self.groups
+            .iter()
+            .for_each(|g| g.table.eligibility_changed());
     }
 
     fn turns(&self) -> bool {
