@@ -408,3 +408,81 @@ impl<K, Req, St: Start<K, Req>> Start<K, Req> for ZoneAware<St> {
         self.inner.start(request)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The split of a client in `local` among zones a, b, c (and one without a name).
+    fn split(
+        strategy: &ZoneAware<()>,
+        zones: &[Option<&str>],
+        eligible: &[u64],
+        total: &[u64],
+    ) -> Vec<f64> {
+        let zones: Vec<Option<Arc<str>>> = zones.iter().map(|z| z.map(Arc::from)).collect();
+        let local = zones
+            .iter()
+            .position(|z| z.as_deref() == Some(strategy.zone()));
+        let rule = LocalFirst {
+            config: Arc::clone(&strategy.config),
+            zones: zones.into_boxed_slice(),
+            local,
+        };
+        let mut shares = vec![0.0; total.len()];
+        rule.shares(eligible, total, &mut shares);
+        shares
+            .iter()
+            .map(|s| (s * 10_000.0).round() / 10_000.0)
+            .collect()
+    }
+
+    const ABC: [Option<&str>; 3] = [Some("a"), Some("b"), Some("c")];
+
+    #[test]
+    fn envoys_rule_keeps_what_the_local_capacity_allows_and_spills_by_spare_capacity() {
+        let b = ZoneAware::new((), "b")
+            .client_shares([("a", 40.0), ("b", 40.0), ("c", 20.0)])
+            .unwrap();
+        let all = [50, 30, 20];
+        assert_eq!(split(&b, &ABC, &all, &all), [0.25, 0.75, 0.0]);
+        // Envoy's documented example: 40/40/20 clients over 25/50/25 endpoints, from a.
+        let a = ZoneAware::new((), "a")
+            .client_shares([("a", 40.0), ("b", 40.0), ("c", 20.0)])
+            .unwrap();
+        let quarters = [25, 50, 25];
+        assert_eq!(split(&a, &ABC, &quarters, &quarters), [0.625, 0.25, 0.125]);
+        // Enough capacity at home: everything stays.
+        assert_eq!(split(&a, &ABC, &all, &all), [1.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn zones_are_ignored_when_the_rule_cannot_apply() {
+        let a = ZoneAware::new((), "a");
+        // The client's zone is not among the endpoints' (or has no name): by eligible weight.
+        let x = ZoneAware::new((), "x");
+        assert_eq!(split(&x, &ABC, &[5, 3, 2], &[5, 3, 2]), [0.5, 0.3, 0.2]);
+        // Nothing eligible at home.
+        assert_eq!(split(&a, &ABC, &[0, 6, 4], &[5, 6, 4]), [0.0, 0.6, 0.4]);
+        // Fewer than 6 eligible endpoints; with 5 allowed, a has capacity for its clients.
+        assert_eq!(split(&a, &ABC, &[3, 1, 1], &[5, 3, 2]), [0.6, 0.2, 0.2]);
+        assert_eq!(
+            split(&a.clone().min_endpoints(5), &ABC, &[3, 1, 1], &[5, 3, 2]),
+            [1.0, 0.0, 0.0]
+        );
+        // Below half of the local zone eligible; at exactly half, the rule applies.
+        assert_eq!(
+            split(&a, &ABC, &[24, 30, 20], &[50, 30, 20]),
+            [0.3243, 0.4054, 0.2703]
+        );
+        assert_eq!(
+            split(&a, &ABC, &[25, 30, 20], &[50, 30, 20]),
+            [0.6667, 0.2, 0.1333]
+        );
+        // Nothing eligible anywhere: split as if all were.
+        assert_eq!(split(&a, &ABC, &[0, 0, 0], &[50, 30, 20]), [1.0, 0.0, 0.0]);
+        // Endpoints without a zone count as a zone with no clients.
+        let zones = [Some("a"), None];
+        assert_eq!(split(&a, &zones, &[5, 5], &[5, 5]), [1.0, 0.0]);
+    }
+}

@@ -35,7 +35,7 @@ use tower_lb::{
     key,
     strategy::{
         ConsistentHash, Hash, Maglev, PowerOfTwoChoices, Random, RoundRobin,
-        Strategy as LbStrategy, WeightedRoundRobin,
+        Strategy as LbStrategy, Subset, Tiers, WeightedRoundRobin, ZoneAware,
     },
     Balance, BalanceLayer, BoxError, Endpoints,
 };
@@ -966,6 +966,17 @@ sequences! {
     /// fallback for the same availability, never the unavailable owner.
     maglev_moves_only_keys_of_unavailable_endpoints:
         256, Maglev::new(user_key()).table_size(1021).unwrap(), Kind::Maglev;
+    /// The wrappers keep the walk's guarantees: priority tiers over round robin, zone-aware
+    /// routing over random picks, and a subset as large as the set over power of two choices
+    /// (the endpoints here carry no locality, so each wrapper sees one group).
+    tiers_route_only_to_eligible_endpoints_and_release_counts:
+        128, Tiers::new(RoundRobin::new()), Kind::Keyless;
+    zone_aware_routes_only_to_eligible_endpoints_and_releases_counts:
+        128, ZoneAware::new(Random::seeded(7), "a"), Kind::Keyless;
+    subset_routes_only_to_eligible_endpoints_and_releases_counts:
+        128,
+        Subset::deterministic(PowerOfTwoChoices::seeded(7), SLOTS, 0, 1).unwrap(),
+        Kind::Keyless;
 }
 
 // ---- exact rotations between membership changes ----------------------------------------------
