@@ -46,6 +46,24 @@ impl Health {
             + 1
     }
 
+    /// When a request is sent, for abandoned requests: now, or 0 if they do not count.
+    #[inline]
+    pub(crate) fn sent_at(&self) -> u64 {
+        if self.config.abandoned_after.is_some() {
+            self.now()
+        } else {
+            0
+        }
+    }
+
+    /// Whether a request sent at `sent_at` (see [`Health::sent_at`]) and dropped now, before its
+    /// response, was abandoned after its deadline.
+    pub(crate) fn is_abandoned(&self, sent_at: u64) -> bool {
+        self.config.abandoned_after.is_some_and(|deadline| {
+            self.now().saturating_sub(sent_at) >= deadline.as_nanos() as u64
+        })
+    }
+
     pub(crate) fn slow_starts(&self) -> bool {
         self.config.slow_start.is_some()
     }

@@ -13,6 +13,30 @@
 //! to the key's next candidates, so only the ejected endpoint's keys move, and they come back when
 //! the ejection ends.
 //!
+//! # Abandoned requests
+//!
+//! A timeout above the balancer (`tower::timeout`, a deadline in the caller) gives up on a
+//! request by dropping its response future: the endpoint never answered, yet it returned no
+//! error either. Such a request counts as a failure when it was dropped at least
+//! [`abandoned_after`](OutlierDetectionBuilder::abandoned_after) (default 1 s) after it was sent
+//! to its endpoint, as Envoy counts its own request timeouts against the host. So a backend
+//! that accepts requests and never answers is ejected after `k` timeouts in a row, and its keys
+//! move to their next candidates, instead of taking every request for its keys forever.
+//!
+//! The default is on, at 1 s, because the two ways of getting it wrong cost very differently. A
+//! stalled backend that is never counted keeps its keys, or its turns, for as long as it stalls;
+//! a healthy one whose callers cancel requests (a client going away, a lost race) is ejected
+//! only when `k` of its requests in a row are dropped after the deadline with no answer in
+//! between, since any success clears the count, and then only for the ejection time and within
+//! the ejected share. 1 s is beyond what most requests take and below the timeouts commonly put
+//! above a balancer (1 to 30 s). Set it just below your own timeout when that is shorter, longer
+//! for endpoints whose answers normally take seconds (long polls), or turn it off with
+//! [`ignore_abandoned`](OutlierDetectionBuilder::ignore_abandoned). Dropping a request before
+//! it was sent (while it waits for a ready endpoint) never counts, and nor does dropping a
+//! response's body: the response future is done once the response's head arrives.
+//!
+//! # Panic mode
+//!
 //! When no endpoint is eligible, the balancer is in *panic mode*: by default it routes over all of
 //! them as if none were ejected (a likely-wrong ejection is better than no service); with
 //! [`OutlierDetectionBuilder::fail_when_all_ejected`] requests fail at once with
@@ -118,12 +142,14 @@ pub struct OutlierDetection {
     pub(crate) max_ejected: f64,
     pub(crate) panic: bool,
     pub(crate) slow_start: Option<Duration>,
+    pub(crate) abandoned_after: Option<Duration>,
     pub(crate) clock: fn() -> Instant,
 }
 
 impl OutlierDetection {
     /// Ejects after 5 consecutive failures, for 10 s doubling up to 300 s, at most 50% of the
-    /// set; routes over every endpoint when all are ejected; no slow start.
+    /// set; counts requests abandoned 1 s or more after they were sent as failures; routes over
+    /// every endpoint when all are ejected; no slow start.
     pub fn new() -> Self {
         Self {
             consecutive_failures: 5,
@@ -132,6 +158,7 @@ impl OutlierDetection {
             max_ejected: 0.5,
             panic: true,
             slow_start: None,
+            abandoned_after: Some(Duration::from_secs(1)),
             clock: Instant::now,
         }
     }
@@ -223,7 +250,24 @@ impl OutlierDetectionBuilder {
         self
     }
 
-    /// The clock ejection times are measured on (default `Instant::now`). Tests that run on
+    /// Counts a request as a failure when its response future is dropped at least `deadline`
+    /// after the request was sent to its endpoint, before the response arrived (default 1 s):
+    /// a timeout above the balancer gave up on it. See [abandoned requests](self#abandoned-requests).
+    /// A deadline of zero counts every request dropped after it was sent.
+    pub fn abandoned_after(mut self, deadline: Duration) -> Self {
+        self.settings.abandoned_after = Some(deadline);
+        self
+    }
+
+    /// Does not count abandoned requests: only errors and the responses the classifier calls
+    /// failures count.
+    pub fn ignore_abandoned(mut self) -> Self {
+        self.settings.abandoned_after = None;
+        self
+    }
+
+    /// The clock ejection times and abandoned requests' deadlines are measured on (default
+    /// `Instant::now`). Tests that run on
     /// tokio's paused clock pass `|| tokio::time::Instant::now().into_std()`.
     pub fn clock(mut self, clock: fn() -> Instant) -> Self {
         self.settings.clock = clock;
@@ -283,6 +327,7 @@ impl fmt::Debug for OutlierDetection {
             .field("max_ejected", &self.max_ejected)
             .field("panic", &self.panic)
             .field("slow_start", &self.slow_start)
+            .field("abandoned_after", &self.abandoned_after)
             .finish()
     }
 }

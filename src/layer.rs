@@ -5,6 +5,7 @@ use tower_layer::Layer;
 use crate::{
     endpoints::Endpoints,
     health::{Errors, OutlierDetection},
+    retry::{FromExtensions, Untracked},
     service::{Balance, DEFAULT_MAX_TRIES},
     strategy::Strategy,
 };
@@ -13,7 +14,10 @@ use crate::{
 ///
 /// The layer holds the strategy's configuration; each balancer it builds gets its own clone of the
 /// strategy, with fresh state. Middleware added above it (timeouts, retries, rate limits) wraps the
-/// balancer: a retried request is routed again like a new one.
+/// balancer. A retry is routed like a new request (for a keyed strategy, to the key's endpoint
+/// again) unless the balancer is told to [skip the endpoints the request already
+/// tried](BalanceLayer::skip_tried_endpoints) and the retries come from
+/// [`retry::RetryLayer`](crate::retry::RetryLayer).
 ///
 /// # Examples
 ///
@@ -38,11 +42,12 @@ use crate::{
 /// # });
 /// ```
 #[derive(Clone)]
-pub struct BalanceLayer<St, C = Errors> {
+pub struct BalanceLayer<St, C = Errors, A = Untracked> {
     strategy: St,
     max_tries: usize,
     outlier_detection: Option<OutlierDetection>,
     classify: C,
+    attempts: A,
 }
 
 impl<St> BalanceLayer<St> {
@@ -53,11 +58,12 @@ impl<St> BalanceLayer<St> {
             max_tries: DEFAULT_MAX_TRIES,
             outlier_detection: None,
             classify: Errors,
+            attempts: Untracked,
         }
     }
 }
 
-impl<St, C> BalanceLayer<St, C> {
+impl<St, C, A> BalanceLayer<St, C, A> {
     /// Turns on passive health checking: endpoints that fail repeatedly are ejected for a while.
     /// See [`health`](crate::health).
     pub fn outlier_detection(mut self, detection: OutlierDetection) -> Self {
@@ -68,12 +74,53 @@ impl<St, C> BalanceLayer<St, C> {
     /// Sets which responses count as failures for outlier detection, besides errors: for
     /// example [`ServerErrors`](crate::health::ServerErrors) for HTTP 5xx, or a closure
     /// `|response: &Res| -> bool`.
-    pub fn classify<C2>(self, classify: C2) -> BalanceLayer<St, C2> {
+    pub fn classify<C2>(self, classify: C2) -> BalanceLayer<St, C2, A> {
         BalanceLayer {
             strategy: self.strategy,
             max_tries: self.max_tries,
             outlier_detection: self.outlier_detection,
             classify,
+            attempts: self.attempts,
+        }
+    }
+
+    /// Routes each retry of an `http::Request` to an endpoint the request has not tried yet,
+    /// as its record in the request's extensions says (which
+    /// [`retry::RetryLayer`](crate::retry::RetryLayer) puts there): for keyed strategies the
+    /// key's next candidate, for keyless ones the strategy's next choice. See
+    /// [`retry`](crate::retry#skipping-the-endpoints-already-tried).
+    ///
+    /// The balancer reads the record only when asked to, because a `Balance` serves any request
+    /// type and only `http::Request` has extensions: the setting picks the request type's
+    /// reader at compile time, and without it the balancer does no bookkeeping at all. For
+    /// another request type, see [`BalanceLayer::attempts`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tower_lb::{health::OutlierDetection, key, strategy::ConsistentHash, BalanceLayer};
+    ///
+    /// let layer = BalanceLayer::new(ConsistentHash::new(key::query("key")))
+    ///     .outlier_detection(OutlierDetection::new())
+    ///     .skip_tried_endpoints();
+    /// # let _ = layer;
+    /// ```
+    pub fn skip_tried_endpoints(self) -> BalanceLayer<St, C, FromExtensions> {
+        self.attempts(FromExtensions)
+    }
+
+    /// Routes each retry to an endpoint the request has not tried yet, as the record that
+    /// `reader` finds in the request says: [`skip_tried_endpoints`] for another request type
+    /// than `http::Request`.
+    ///
+    /// [`skip_tried_endpoints`]: BalanceLayer::skip_tried_endpoints
+    pub fn attempts<A2>(self, reader: A2) -> BalanceLayer<St, C, A2> {
+        BalanceLayer {
+            strategy: self.strategy,
+            max_tries: self.max_tries,
+            outlier_detection: self.outlier_detection,
+            classify: self.classify,
+            attempts: reader,
         }
     }
 
@@ -91,14 +138,15 @@ impl<St, C> BalanceLayer<St, C> {
     }
 }
 
-impl<St, C, K, S> Layer<Endpoints<K, S>> for BalanceLayer<St, C>
+impl<St, C, A, K, S> Layer<Endpoints<K, S>> for BalanceLayer<St, C, A>
 where
     St: Strategy<K> + Clone,
     C: Clone,
+    A: Clone,
     K: PartialEq + Clone + Send + Sync + 'static,
     S: Clone + Send + Sync + 'static,
 {
-    type Service = Balance<St, K, S, C>;
+    type Service = Balance<St, K, S, C, A>;
 
     fn layer(&self, endpoints: Endpoints<K, S>) -> Self::Service {
         Balance::with_config(
@@ -107,11 +155,12 @@ where
             self.max_tries,
             self.outlier_detection.clone(),
             self.classify.clone(),
+            self.attempts.clone(),
         )
     }
 }
 
-impl<St: fmt::Debug, C> fmt::Debug for BalanceLayer<St, C> {
+impl<St: fmt::Debug, C, A> fmt::Debug for BalanceLayer<St, C, A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BalanceLayer")
             .field("strategy", &self.strategy)

@@ -86,11 +86,14 @@ pub mod error;
 pub mod etcd;
 pub mod future;
 pub mod health;
+pub mod http;
 pub mod key;
+pub mod retry;
 pub mod strategy;
 
 mod ejection;
 mod endpoints;
+mod failure;
 mod layer;
 mod load;
 mod rng;

@@ -11,7 +11,9 @@ use crate::{
     error::{BoxError, MissingKey, NotReady},
     future::ResponseFuture,
     health::{Classify, Errors, OutlierDetection},
+    retry::{Attempts, ReadAttempts, Untracked},
     snapshot::{Cache, Current, Shared, Snapshot},
+    state::EndpointState,
     stats::{self, EndpointStats, KeyMap},
     strategy::{
         internal::{Begin, Start},
@@ -83,7 +85,7 @@ pub(crate) const DEFAULT_MAX_TRIES: usize = 8;
 /// assert_eq!(seen, [0, 1, 2, 0, 1, 2]);
 /// # });
 /// ```
-pub struct Balance<St, K, S, C = Errors>
+pub struct Balance<St, K, S, C = Errors, A = Untracked>
 where
     St: Strategy<K>,
 {
@@ -100,6 +102,12 @@ where
     walk: Walk<S>,
     /// This clone's slot among the tasks woken by a membership change, while it waits.
     waiter: Option<usize>,
+    /// Finds a request's record of the endpoints its earlier attempts went to.
+    attempts: A,
+    /// Where the reservation's walk started, the version of its snapshot and the reserved
+    /// endpoint's counters: kept when requests carry attempts, for a retry whose reservation is
+    /// an endpoint it tried to walk on from there.
+    retry_from: Option<(u64, u64, Arc<EndpointState>)>,
 }
 
 enum Reserved<S> {
@@ -123,11 +131,18 @@ where
     /// The balancer follows later changes of the set made through any clone of the
     /// [`Endpoints`] handle.
     pub fn new(strategy: St, endpoints: Endpoints<K, S>) -> Self {
-        Self::with_config(strategy, endpoints, DEFAULT_MAX_TRIES, None, Errors)
+        Self::with_config(
+            strategy,
+            endpoints,
+            DEFAULT_MAX_TRIES,
+            None,
+            Errors,
+            Untracked,
+        )
     }
 }
 
-impl<St, K, S, C> Balance<St, K, S, C>
+impl<St, K, S, C, A> Balance<St, K, S, C, A>
 where
     St: Strategy<K>,
     K: PartialEq + Clone + Send + Sync + 'static,
@@ -139,17 +154,18 @@ where
         max_tries: usize,
         health: Option<OutlierDetection>,
         classify: C,
+        attempts: A,
     ) -> Self {
         let shared = Shared::new(strategy, endpoints, max_tries, health);
-        Self::from_shared(shared, classify)
+        Self::from_shared(shared, classify, attempts)
     }
 }
 
-impl<St, K, S, C> Balance<St, K, S, C>
+impl<St, K, S, C, A> Balance<St, K, S, C, A>
 where
     St: Strategy<K>,
 {
-    fn from_shared(shared: Arc<Shared<St, K, S>>, classify: C) -> Self {
+    fn from_shared(shared: Arc<Shared<St, K, S>>, classify: C, attempts: A) -> Self {
         Self {
             shared,
             classify,
@@ -158,6 +174,8 @@ where
             accounting: Accounting::new(),
             walk: Walk::new(0, 0, None),
             waiter: None,
+            attempts,
+            retry_from: None,
         }
     }
 
@@ -238,13 +256,14 @@ where
     }
 }
 
-impl<St, K, S, C, Req> Service<Req> for Balance<St, K, S, C>
+impl<St, K, S, C, A, Req> Service<Req> for Balance<St, K, S, C, A>
 where
     St: Route<K, Req>,
     K: Send + Sync + 'static,
     S: Service<Req> + Clone + Send + Sync + 'static,
     S::Error: Into<BoxError>,
     C: Classify<S::Response> + Clone,
+    A: ReadAttempts<Req>,
 {
     type Response = S::Response;
     type Error = BoxError;
@@ -272,8 +291,13 @@ where
         let reused = self.cache.is_reused();
         let snapshot = self.cache.current(shared, reused);
         match walk_keyless(shared, &snapshot, &mut self.walk, start, cx) {
-            Poll::Ready(Ok(found)) => {
+            Poll::Ready(Ok((found, position))) => {
                 shared.strategy.settled(found.steps);
+                if A::READS {
+                    let state = &snapshot.members.list[found.index].state;
+                    let version = snapshot.members.version;
+                    self.retry_from = Some((position, version, Arc::clone(state)));
+                }
                 let accounting = &mut self.accounting;
                 let service = reserve(
                     shared,
@@ -301,6 +325,11 @@ where
     #[inline(always)]
     fn call(&mut self, request: Req) -> Self::Future {
         let first = self.cache.used();
+        if A::READS && matches!(self.reserved, Reserved::Endpoint(_)) {
+            if let Some(attempts) = self.attempts.attempts(&request).cloned() {
+                return self.call_reserved_attempt(request, attempts, !first);
+            }
+        }
         if let Reserved::Endpoint(service) = &mut self.reserved {
             // Called in place: the reservation is not moved out, only its accounting.
             let future = service.call(request);
@@ -317,7 +346,7 @@ where
     }
 }
 
-impl<St, K, S, C> Balance<St, K, S, C>
+impl<St, K, S, C, A> Balance<St, K, S, C, A>
 where
     St: Strategy<K>,
     K: Send + Sync + 'static,
@@ -332,6 +361,7 @@ where
         St: Start<K, Req>,
         S: Service<Req>,
         S::Error: Into<BoxError>,
+        A: ReadAttempts<Req>,
     {
         let hash = match self.shared.strategy.start(Some(&request)) {
             Begin::At(hash) => hash,
@@ -339,52 +369,147 @@ where
             // Keyed strategies always start from a request they are given.
             Begin::AtCall => return ResponseFuture::failed(NotReady::new().into()),
         };
-        let shared = &*self.shared;
+        let attempts = if A::READS {
+            self.attempts.attempts(&request).cloned()
+        } else {
+            None
+        };
+        let shared = &self.shared;
         let snapshot = self.cache.current(shared, reused);
         let position = match snapshot.position(hash) {
             Ok(position) => position,
             Err(error) => return ResponseFuture::failed(error),
         };
-        let version = snapshot.members.version;
-        let mut walk = Walk::new(position, version, shared.strategy.load_factor());
-        // Without the task's waker: if nothing is ready at once, the response future polls the
-        // kept candidates again with the real one before anything waits on them.
-        let mut noop = Context::from_waker(Waker::noop());
-        let health = shared.health.as_deref();
-        let polled = walk.begin(
-            &mut noop,
-            &*snapshot,
-            health,
-            (position, version),
-            shared.max_tries,
-        );
-        match polled {
-            Poll::Ready(Some(found)) => {
-                let mut accounting = Accounting::new();
-                let classify = &self.classify;
-                let mut service = reserve(
-                    shared,
-                    &snapshot,
-                    found,
-                    &mut walk,
-                    &mut accounting,
-                    classify,
-                );
-                ResponseFuture::called(service.call(request), accounting.sent())
+        route(
+            shared,
+            &snapshot,
+            &self.classify,
+            request,
+            (position, hash),
+            attempts,
+        )
+    }
+
+    /// Calls the reserved endpoint with a request that carries a record of its attempts: noted
+    /// there, unless an earlier attempt went to it. Then the reservation is released and the
+    /// request walks on from where the reservation's walk started, passing over every endpoint
+    /// it tried.
+    #[inline(never)]
+    fn call_reserved_attempt<Req>(
+        &mut self,
+        request: Req,
+        attempts: Attempts,
+        reused: bool,
+    ) -> ResponseFuture<S, Req, C>
+    where
+        S: Service<Req>,
+        S::Error: Into<BoxError>,
+    {
+        let Reserved::Endpoint(mut service) = std::mem::replace(&mut self.reserved, Reserved::None)
+        else {
+            return ResponseFuture::failed(NotReady::new().into());
+        };
+        let retry_from = self.retry_from.take();
+        let (position, version) = match retry_from {
+            Some((position, version, state)) if attempts.contains(&state) => (position, version),
+            other => {
+                if let Some((_, _, state)) = other {
+                    attempts.record(&state);
+                }
+                return ResponseFuture::called(service.call(request), self.accounting.sent());
             }
-            Poll::Ready(None) => ResponseFuture::failed(walk.take_error()),
-            Poll::Pending => ResponseFuture::routing(Routing {
-                set: snapshot.to_arc(),
-                walk,
-                request: Some(request),
-                max_tries: shared.max_tries,
-                health: shared.health.clone(),
-                classify: self.classify.clone(),
-                membership: Arc::clone(&self.shared) as Arc<dyn Membership<S>>,
-                hash,
-                waiter: None,
-            }),
+        };
+        // Released: its readiness and its counts go unused.
+        drop(service);
+        self.accounting = Accounting::new();
+        let shared = &self.shared;
+        let snapshot = self.cache.current(shared, reused);
+        let position = if snapshot.members.version == version {
+            Ok(position)
+        } else {
+            // The set changed since the reservation: a start in the new table.
+            snapshot.position(position)
+        };
+        let position = match position {
+            Ok(position) => position,
+            Err(error) => return ResponseFuture::failed(error),
+        };
+        let attempts = Some(attempts);
+        route(
+            shared,
+            &snapshot,
+            &self.classify,
+            request,
+            (position, position),
+            attempts,
+        )
+    }
+}
+
+/// Routes a request from `position` of the current snapshot (where `hash` places it after a
+/// membership change), passing over the endpoints in its record of `attempts`: the walk's first
+/// probe runs here, and calls the endpoint at once when it is ready; otherwise the response
+/// future walks on.
+#[inline]
+fn route<St, K, S, C, Req>(
+    shared: &Arc<Shared<St, K, S>>,
+    snapshot: &Current<'_, St::Table, K, S>,
+    classify: &C,
+    request: Req,
+    (position, hash): (u64, u64),
+    attempts: Option<Attempts>,
+) -> ResponseFuture<S, Req, C>
+where
+    St: Strategy<K>,
+    K: Send + Sync + 'static,
+    S: Service<Req> + Clone + Send + Sync + 'static,
+    S::Error: Into<BoxError>,
+    C: Clone,
+{
+    let version = snapshot.members.version;
+    let mut walk = Walk::new(position, version, shared.strategy.load_factor());
+    // Without the task's waker: if nothing is ready at once, the response future polls the
+    // kept candidates again with the real one before anything waits on them.
+    let mut noop = Context::from_waker(Waker::noop());
+    let health = shared.health.as_deref();
+    let start = (position, version);
+    let avoid = attempts.as_ref().map(Attempts::tried);
+    let polled = match avoid {
+        Some(avoid) if !avoid.is_empty() => {
+            let max_tries = shared.max_tries;
+            walk.begin_avoiding(&mut noop, &**snapshot, health, start, max_tries, avoid)
         }
+        _ => walk.begin(&mut noop, &**snapshot, health, start, shared.max_tries),
+    };
+    match polled {
+        Poll::Ready(Some(found)) => {
+            if let Some(attempts) = &attempts {
+                attempts.record(&snapshot.members.list[found.index].state);
+            }
+            let mut accounting = Accounting::new();
+            let mut service = reserve(
+                shared,
+                snapshot,
+                found,
+                &mut walk,
+                &mut accounting,
+                classify,
+            );
+            ResponseFuture::called(service.call(request), accounting.sent())
+        }
+        Poll::Ready(None) => ResponseFuture::failed(walk.take_error()),
+        Poll::Pending => ResponseFuture::routing(Routing {
+            set: snapshot.to_arc(),
+            walk,
+            request: Some(request),
+            max_tries: shared.max_tries,
+            health: shared.health.clone(),
+            classify: classify.clone(),
+            membership: Arc::clone(shared) as Arc<dyn Membership<S>>,
+            hash,
+            waiter: None,
+            attempts,
+        }),
     }
 }
 
@@ -398,7 +523,7 @@ fn walk_keyless<St, K, S, Req>(
     walk: &mut Walk<S>,
     start: Option<u64>,
     cx: &mut Context<'_>,
-) -> Poll<Result<Found<S>, BoxError>>
+) -> Poll<Result<(Found<S>, u64), BoxError>>
 where
     St: Route<K, Req>,
     K: Send + Sync + 'static,
@@ -406,8 +531,9 @@ where
     S::Error: Into<BoxError>,
 {
     let (version, health) = (snapshot.members.version, shared.health.as_deref());
-    let polled = if start.is_none() && walk.version() == version {
-        walk.poll(cx, snapshot, health, shared.max_tries)
+    let (polled, position) = if start.is_none() && walk.version() == version {
+        let polled = walk.poll(cx, snapshot, health, shared.max_tries);
+        (polled, walk.start())
     } else {
         // A new walk; or the set changed while the caller waited: pick anew over the new one
         // (a keyless strategy always starts from its own state).
@@ -422,9 +548,13 @@ where
                 return Poll::Ready(Err(error));
             }
         };
-        walk.begin(cx, snapshot, health, (position, version), shared.max_tries)
+        let polled = walk.begin(cx, snapshot, health, (position, version), shared.max_tries);
+        (polled, position)
     };
-    polled.map(|found| found.ok_or_else(|| walk.take_error()))
+    polled.map(|found| match found {
+        Some(found) => Ok((found, position)),
+        None => Err(walk.take_error()),
+    })
 }
 
 /// Reserves a candidate that `walk` found ready: its clone, with its accounting filled in
@@ -456,18 +586,20 @@ where
     found.service
 }
 
-impl<St, K, S, C> Clone for Balance<St, K, S, C>
+impl<St, K, S, C, A> Clone for Balance<St, K, S, C, A>
 where
     St: Strategy<K>,
     C: Clone,
+    A: Clone,
 {
     /// Shares the strategy state and the endpoint set; the clone has no reservation of its own.
     fn clone(&self) -> Self {
-        Self::from_shared(Arc::clone(&self.shared), self.classify.clone())
+        let attempts = self.attempts.clone();
+        Self::from_shared(Arc::clone(&self.shared), self.classify.clone(), attempts)
     }
 }
 
-impl<St, K, S, C> Drop for Balance<St, K, S, C>
+impl<St, K, S, C, A> Drop for Balance<St, K, S, C, A>
 where
     St: Strategy<K>,
 {
@@ -476,7 +608,7 @@ where
     }
 }
 
-impl<St, K, S, C> fmt::Debug for Balance<St, K, S, C>
+impl<St, K, S, C, A> fmt::Debug for Balance<St, K, S, C, A>
 where
     St: Strategy<K> + fmt::Debug,
 {

@@ -22,6 +22,7 @@ use crate::{
     error::{AllEjected, BoxError, NotReady, Unavailable},
     health::Classify,
     load::{self, InFlight},
+    retry::Attempts,
     state::EndpointState,
     waiters::Waiters,
 };
@@ -152,6 +153,10 @@ pub(crate) struct Walk<S> {
     kept: Vec<Kept<S>>,
     /// The candidates polled and not taken (pending or failed): never polled again as new ones.
     tried: Vec<u32>,
+    /// The endpoints earlier attempts of the request were sent to: passed over as long as
+    /// anything else can be found. Kept by restarts (they are named by their counters, which
+    /// outlive snapshots).
+    avoid: Vec<Arc<EndpointState>>,
     /// How many candidates were polled.
     probes: usize,
     /// The last readiness error.
@@ -171,6 +176,7 @@ impl<S> Walk<S> {
             factor,
             kept: Vec::new(),
             tried: Vec::new(),
+            avoid: Vec::new(),
             probes: 0,
             error: None,
             version,
@@ -192,6 +198,11 @@ impl<S> Walk<S> {
     /// The error the request fails with, once `poll` found nothing.
     pub(crate) fn take_error(&mut self) -> BoxError {
         self.error.take().unwrap_or_else(|| NotReady::new().into())
+    }
+
+    /// Where the walk started, in its table (once it has gone past its first step).
+    pub(crate) fn start(&self) -> u64 {
+        self.position.start
     }
 
     /// Starts over from `start` over the snapshot of `version`: nothing tried, nothing kept.
@@ -298,6 +309,28 @@ impl<S> Walk<S> {
         self.walk_on(cx, set, health, max_tries)
     }
 
+    /// A new walk as [`Walk::begin`], for a request that earlier attempts sent to the endpoints
+    /// whose counters are in `avoid`: they are passed over as long as anything else can be
+    /// found, through restarts too (they are named by their counters, which outlive snapshots).
+    pub(crate) fn begin_avoiding<Req, C>(
+        &mut self,
+        cx: &mut Context<'_>,
+        set: &C,
+        health: Option<&Health>,
+        (start, version): (u64, u64),
+        max_tries: usize,
+        avoid: Vec<Arc<EndpointState>>,
+    ) -> Poll<Option<Found<S>>>
+    where
+        S: Service<Req> + Clone,
+        S::Error: Into<BoxError>,
+        C: Candidates<S> + ?Sized,
+    {
+        self.avoid = avoid;
+        self.restart(start, version);
+        self.walk_on(cx, set, health, max_tries)
+    }
+
     /// Polls the kept candidates, first met first, then further candidates, up to `max_tries`
     /// polled in all: the first that is ready is found. `Pending` while some are pending and
     /// none is ready (their wake-ups reach `cx`); `Ready(None)` when every one failed or none was
@@ -334,27 +367,36 @@ impl<S> Walk<S> {
         S::Error: Into<BoxError>,
         C: Candidates<S> + ?Sized,
     {
-        while self.probes < max_tries {
-            let Some((index, in_flight, step)) = self.next(set, health) else {
-                break;
-            };
-            self.probes += 1;
-            let mut service = set.service(index).clone();
-            match service.poll_ready(cx) {
-                Poll::Ready(Ok(())) => {
-                    self.kept.clear();
-                    self.in_flight = in_flight;
-                    return Poll::Ready(Some(Found {
-                        index,
-                        service,
-                        steps: step,
-                    }));
+        loop {
+            while self.probes < max_tries {
+                let Some((index, in_flight, step)) = self.next(set, health) else {
+                    break;
+                };
+                self.probes += 1;
+                let mut service = set.service(index).clone();
+                match service.poll_ready(cx) {
+                    Poll::Ready(Ok(())) => {
+                        self.kept.clear();
+                        self.in_flight = in_flight;
+                        return Poll::Ready(Some(Found {
+                            index,
+                            service,
+                            steps: step,
+                        }));
+                    }
+                    Poll::Ready(Err(error)) => self.refused(set, health, index, error.into()),
+                    Poll::Pending => self.keep(index, service, in_flight, step),
                 }
-                Poll::Ready(Err(error)) => self.refused(set, health, index, error.into()),
-                Poll::Pending => self.keep(index, service, in_flight, step),
             }
+            if self.kept.is_empty() && !self.avoid.is_empty() {
+                // Nothing but the endpoints the request tried could take it: it goes where a
+                // first attempt would.
+                self.avoid.clear();
+                self.restart(self.position.start, self.version);
+                continue;
+            }
+            return self.unfound(set);
         }
-        self.unfound(set)
     }
 
     /// Keeps a pending candidate, so that its wake-up reaches the caller; a waiting request holds
@@ -516,6 +558,10 @@ impl<S> Walk<S> {
             if self.tried.contains(&(index as u32)) || position.deferred == Some(index) {
                 continue;
             }
+            if !self.avoid.is_empty() && self.avoid.iter().any(|s| Arc::ptr_eq(s, set.state(index)))
+            {
+                continue;
+            }
             let bounded = position.pass == Pass::Bounded;
             let Some(in_flight) = count(set, index, self.factor, bounded) else {
                 continue;
@@ -553,6 +599,17 @@ pub(crate) struct Outcome {
     health: Arc<Health>,
     set: Arc<dyn Set>,
     index: usize,
+    /// When the request was sent, on outlier detection's clock, if abandoned requests count; 0
+    /// otherwise.
+    sent_at: u64,
+}
+
+impl Outcome {
+    /// Records a failure or a success of the request.
+    fn record(&self, failed: bool) {
+        let state = &self.set.state(self.index).health;
+        self.health.record(state, failed, healths(&*self.set));
+    }
 }
 
 /// What a request counts from the moment it is routed: its in-flight count, released when its
@@ -597,6 +654,7 @@ impl<C> Accounting<C> {
                 health: Arc::clone(health),
                 set: set(),
                 index,
+                sent_at: 0,
             };
             self.outcome = Some((outcome, classify.clone()));
         }
@@ -614,10 +672,12 @@ impl<C> Accounting<C> {
             }
             None => None,
         };
-        let outcome = if self.outcome.is_some() {
-            self.outcome.take()
-        } else {
-            None
+        let outcome = match &mut self.outcome {
+            Some((outcome, _)) => {
+                outcome.sent_at = outcome.health.sent_at();
+                self.outcome.take()
+            }
+            None => None,
         };
         Self { in_flight, outcome }
     }
@@ -636,8 +696,21 @@ impl<C> Accounting<C> {
                 Ok(response) => classify.is_failure(response),
                 Err(_) => true,
             };
-            let state = &outcome.set.state(outcome.index).health;
-            outcome.health.record(state, failed, healths(&*outcome.set));
+            outcome.record(failed);
+        }
+    }
+}
+
+impl<C> Drop for Accounting<C> {
+    /// A request sent and dropped before its response, its deadline for abandoned requests
+    /// past, failed: a timeout above the balancer gave up on it (see
+    /// [`OutlierDetectionBuilder::abandoned_after`](crate::health::OutlierDetectionBuilder::abandoned_after)).
+    #[inline]
+    fn drop(&mut self) {
+        if let Some((outcome, _)) = &self.outcome {
+            if outcome.sent_at != 0 && outcome.health.is_abandoned(outcome.sent_at) {
+                outcome.record(true);
+            }
         }
     }
 }
@@ -656,6 +729,9 @@ pub(crate) struct Routing<S, Req, C> {
     pub(crate) hash: u64,
     /// The request's slot among the tasks a membership change wakes, while it waits.
     pub(crate) waiter: Option<usize>,
+    /// The request's record of the endpoints its attempts went to, if it carries one: the walk
+    /// passes over those, and the endpoint found is noted in it.
+    pub(crate) attempts: Option<Attempts>,
 }
 
 /// What polling a [`Routing`] gave.
@@ -707,6 +783,9 @@ where
         let Found {
             index, mut service, ..
         } = found;
+        if let Some(attempts) = &self.attempts {
+            attempts.record(self.set.state(index));
+        }
         let in_flight = self.walk.take_in_flight();
         let mut accounting = Accounting::new();
         accounting.route(
