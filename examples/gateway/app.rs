@@ -1,91 +1,90 @@
-//! The gateway: forwards every request to one backend, picked by tower-lb, through
-//! `tower::timeout` and `tower::retry`, on an HTTP/1.1 engine of its own ([`crate::proxy`] for
-//! clients, [`crate::upstream`] for backends).
+//! The gateway's request path: every request goes through a tower stack, `timeout(retry(balance(
+//! endpoints)))`, to one backend, each endpoint a hyper-util client bound to its backend by
+//! [`Origin`].
 //!
-//! # Errors, as the client sees them
+//! # What a client sees
 //!
 //! | what happened | status |
 //! |---|---|
-//! | a request head that is not HTTP/1.x, or whose body length is ambiguous (two different `Content-Length`s, or one beside `Transfer-Encoding`) | 400 Bad Request |
-//! | a request head over 64 KiB or with more than 100 header lines | 431 Request Header Fields Too Large |
-//! | a request body in a transfer coding other than chunked | 501 Not Implemented |
-//! | a `CONNECT` request (this is not a forward proxy) | 405 Method Not Allowed |
-//! | the request body is larger than the cap ([`MAX_BODY_BYTES`] by default) | 413 Payload Too Large |
-//! | the request has no routing key and no default ([`MissingKey`]; cannot happen with the default key) | 400 Bad Request |
-//! | the endpoint set is empty ([`NoEndpoints`]) | 503 Service Unavailable |
-//! | the last attempt could not connect to its backend ([`NoBackendReachable`]) | 503 Service Unavailable |
-//! | the last attempt connected, then the backend failed (reset, closed early, bad response) | 502 Bad Gateway |
-//! | no response head within the timeout, retries included ([`Elapsed`]) | 504 Gateway Timeout |
+//! | an HTTP/1.1 request without a valid `Host`; an HTTP/1.0 request with `Transfer-Encoding` | 400 Bad Request |
+//! | a `Transfer-Encoding` other than `chunked` (`gzip, chunked`, ...) | 501 Not Implemented |
+//! | a `CONNECT` request: this is not a forward proxy | 405 Method Not Allowed |
+//! | a body over [`GatewayConfig::max_body_bytes`] (declared, or once crossed) | 413 Payload Too Large |
+//! | no routing key, the set empty, a backend failing: tower-lb's [status mapping](status_code) | 400, 503, 502 |
+//! | no response head within [`GatewayConfig::timeout`], retries included | 504 Gateway Timeout |
 //!
-//! A connection that fails (refused, or not made within the connect timeout) never reached a
-//! backend, so it is always retried, whatever the method, and the retry goes through the balancer
-//! again to the next endpoint. A backend that accepted the connection and then failed is retried
-//! only for idempotent methods, as nginx's `proxy_next_upstream error` does, since it may have
-//! acted on the request. Retries are bounded ([`GatewayConfig::retries`], default 2).
+//! Requests are passed on with their hop-by-hop headers removed (`Connection` and the headers it
+//! names, `Keep-Alive`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`, `Proxy-*`), `Host` set
+//! to the backend's address, `X-Forwarded-For` extended with the client's address, and
+//! `X-Forwarded-Host` and `X-Forwarded-Proto` set by the gateway, whatever the client sent.
+//! Responses lose their hop-by-hop headers too and gain [`UPSTREAM_HEADER`].
 //!
-//! When no attempt succeeded, the status describes the **last attempt**: 503 when it could not
-//! connect, 502 when a backend took the connection and then failed. A refused connection is thus
-//! never answered 502: it is retried, and ends in 503 only if the last retry cannot connect
-//! either, which (with failed backends ejected, below) means that no backend is up: the answer
-//! for an empty set too. With every backend gone, every request gets 503.
+//! # Retries and passive health
 //!
-//! # Passive health
+//! tower-lb's [retry policy](tower_lb::retry) sends a request again when it never reached a
+//! backend (any method) or when its exchange failed or was answered 502, 503 or 504 (idempotent
+//! methods only), at most [`GatewayConfig::retries`] times, and the balancer routes every retry
+//! to an endpoint the request has not tried: a keyed request goes to its key's next endpoint.
+//! A backend failing [`GatewayConfig::eject_after`] times in a row (an error, or a 502, 503 or
+//! 504) is ejected for [`EJECT_FIRST`], doubling up to [`EJECT_MAX`]; with every backend
+//! ejected, the balancer routes over all of them (panic mode).
 //!
-//! The balancer ejects failing backends itself, with tower-lb's
-//! [outlier detection](tower_lb::health) ([`GatewayConfig::outlier_detection`]): after
-//! [`GatewayConfig::eject_after`] failures in a row (default 1), a backend is ejected for 250 ms,
-//! doubling with every ejection in a row up to 8 s, and no request is routed to it meanwhile, so
-//! that concurrent requests and retries stop trying it. Once its time is over, requests try it
-//! again; a success clears its backoff. A failure is an error from the backend (a failed
-//! connection, or a failed exchange) or a 502, 503 or 504 answer ([`is_backend_failure`]); a
-//! request cut short by the gateway's timeout is not counted either way.
-//!
-//! Any number of backends may be ejected at once. When every one is, the balancer is in *panic
-//! mode*: it routes over all of them as if none were ejected, so that a wrong ejection never
-//! costs the service, and a backend that came back serves at once. With every backend really
-//! gone, those connections fail too, and the request gets 503 as above.
-//!
-//! With the hash strategies, a retry goes to the key's own backend again until that backend is
-//! ejected, and only then to the key's next one: with `eject_after` above 1, requests whose key
-//! maps to a backend that is down can use up their retries on it and get 503.
-//!
-//! The balancer's per-endpoint statistics (picks, failures, ejections) are read through
-//! [`Gateway::stats`].
+//! Request bodies are streamed to the backend, not buffered ([`SharedBody`]): a retry can resend
+//! a body only if the failed attempt never started to send it, which is the case for a refused
+//! connection, the one failure retried for every method.
 
 use std::{
     error::Error,
     fmt,
-    future::{ready, Ready},
     net::SocketAddr,
+    pin::Pin,
     str::FromStr,
-    sync::Arc,
+    sync::{Arc, Mutex, PoisonError},
+    task::{Context, Poll},
     time::Duration,
 };
 
-use axum::http::{
-    header::HeaderName,
-    uri::{Authority, PathAndQuery},
-    Method, Request, Response, StatusCode, Uri,
+use axum::body::Body;
+use bytes::Bytes;
+use http::{
+    header::{self, HeaderName, HeaderValue},
+    uri::Authority,
+    HeaderMap, Method, Request, Response, StatusCode, Version,
+};
+use http_body::{Frame, SizeHint};
+use http_body_util::LengthLimitError;
+use hyper::body::Incoming;
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::{TokioExecutor, TokioTimer},
 };
 use tower::{
-    retry::Policy, timeout::error::Elapsed, util::BoxCloneSyncService, Layer, ServiceBuilder,
+    balance::p2c,
+    buffer::Buffer,
+    discover::ServiceList,
+    load::{CompleteOnResponse, PendingRequestsDiscover},
+    util::BoxCloneSyncService,
+    Layer, ServiceBuilder, ServiceExt,
+};
+use tower_http::{
+    set_header::{SetResponseHeader, SetResponseHeaderLayer},
+    timeout::{ResponseBodyTimeout, ResponseBodyTimeoutLayer, TimeoutBody},
 };
 use tower_lb::{
-    error::{InvalidConfig, InvalidWeight, MissingKey, NoEndpoints, Unavailable},
+    error::{InvalidConfig, InvalidWeight},
     health::OutlierDetection,
+    http::{status_code, HostHeader, Origin},
     key,
-    strategy::{ConsistentHash, Hash, RoundRobin, Route, WeightedRoundRobin},
+    retry::{Policy, RetryLayer},
+    strategy::{
+        ConsistentHash, Hash, Maglev, PowerOfTwoChoices, Random, RoundRobin, Route,
+        WeightedRoundRobin,
+    },
     BalanceLayer, BoxError, EndpointStats, Endpoints,
 };
 
-pub use crate::upstream::HttpEndpoint;
-use crate::{
-    proxy::Proxy,
-    upstream::{Outbound, Upstream},
-};
-
-/// The largest request body the gateway accepts by default: bodies are buffered so that a retry
-/// can send them again, so they must be bounded.
+/// The largest request body the gateway accepts by default (nginx's `client_max_body_size` is
+/// 1 MiB; images are larger).
 pub const MAX_BODY_BYTES: usize = 8 << 20;
 
 /// The key used by the hash strategies for a request without one.
@@ -112,17 +111,34 @@ pub enum StrategyKind {
     Hash,
     /// [`ConsistentHash`]: a ketama ring keyed by the request key.
     Consistent,
+    /// [`Maglev`]: Maglev's lookup table keyed by the request key.
+    Maglev,
+    /// [`PowerOfTwoChoices`]: the less loaded of two random backends.
+    P2c,
+    /// [`Random`]: a weighted random backend.
+    Random,
 }
 
 impl StrategyKind {
+    /// Every strategy, in the order `--help` lists them.
+    pub const ALL: [Self; 7] = [
+        Self::RoundRobin,
+        Self::Weighted,
+        Self::Hash,
+        Self::Consistent,
+        Self::Maglev,
+        Self::P2c,
+        Self::Random,
+    ];
+
     /// Whether the strategy routes by a request key.
     pub fn is_keyed(self) -> bool {
-        matches!(self, Self::Hash | Self::Consistent)
+        matches!(self, Self::Hash | Self::Consistent | Self::Maglev)
     }
 
     /// Whether the strategy uses endpoint weights.
     pub fn uses_weights(self) -> bool {
-        self != Self::RoundRobin
+        !matches!(self, Self::RoundRobin | Self::P2c)
     }
 }
 
@@ -130,13 +146,10 @@ impl FromStr for StrategyKind {
     type Err = ConfigError;
 
     fn from_str(name: &str) -> Result<Self, ConfigError> {
-        match name {
-            "round-robin" => Ok(Self::RoundRobin),
-            "weighted" => Ok(Self::Weighted),
-            "hash" => Ok(Self::Hash),
-            "consistent" => Ok(Self::Consistent),
-            other => Err(ConfigError::UnknownStrategy(other.to_owned())),
-        }
+        Self::ALL
+            .into_iter()
+            .find(|kind| kind.to_string() == name)
+            .ok_or_else(|| ConfigError::UnknownStrategy(name.to_owned()))
     }
 }
 
@@ -147,7 +160,34 @@ impl fmt::Display for StrategyKind {
             Self::Weighted => "weighted",
             Self::Hash => "hash",
             Self::Consistent => "consistent",
+            Self::Maglev => "maglev",
+            Self::P2c => "p2c",
+            Self::Random => "random",
         })
+    }
+}
+
+/// Which balancer the gateway runs: tower-lb, or tower's own for comparison.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Balancer {
+    /// tower-lb's [`BalanceLayer`] with the configured strategy and outlier detection.
+    #[default]
+    TowerLb,
+    /// `tower::balance::p2c::Balance` over pending-request load, behind `tower::buffer::Buffer`
+    /// (the way a tower user shares it between connections): the end-to-end benchmark's peer.
+    /// No strategy, weights or outlier detection; everything else is the same.
+    TowerP2c,
+}
+
+impl FromStr for Balancer {
+    type Err = ConfigError;
+
+    fn from_str(name: &str) -> Result<Self, ConfigError> {
+        match name {
+            "tower-lb" => Ok(Self::TowerLb),
+            "tower-p2c" => Ok(Self::TowerP2c),
+            other => Err(ConfigError::UnknownBalancer(other.to_owned())),
+        }
     }
 }
 
@@ -212,25 +252,16 @@ impl Target {
     }
 
     /// A backend given as `http://host:port` (a trailing `/` is allowed), keyed by its
-    /// `host:port`, so that gateways configured with the same URLs hash keys alike.
+    /// `host:port` as nginx keys `server host:port;`, so that gateways configured with the same
+    /// URLs hash keys alike. tower-lb's [`Origin`] checks the URL.
     pub fn from_url(url: &str) -> Result<Self, ConfigError> {
-        let bad = |why: &'static str| ConfigError::BadBackend(url.to_owned(), why);
-        let uri = Uri::from_str(url).map_err(|_| bad("not a URL"))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some(_) => return Err(bad("only http:// is supported")),
-            None => return Err(bad("expected http://host:port")),
+        let origin = Origin::try_new((), url).map_err(|e| ConfigError::BadBackend(e.to_string()))?;
+        if origin.scheme() != &http::uri::Scheme::HTTP {
+            return Err(ConfigError::BadBackend(format!(
+                "{url}: only http:// backends are supported"
+            )));
         }
-        if !matches!(
-            uri.path_and_query().map(PathAndQuery::as_str),
-            None | Some("/")
-        ) {
-            return Err(bad("a path prefix is not supported"));
-        }
-        let authority = uri.authority().cloned().ok_or(bad("no host"))?;
-        if authority.as_str().contains('@') {
-            return Err(bad("credentials are not supported"));
-        }
+        let authority = origin.authority().clone();
         Ok(Self {
             key: authority.to_string(),
             authority,
@@ -243,41 +274,45 @@ impl Target {
     }
 }
 
-/// The gateway's settings, apart from its backends.
+/// The gateway's settings, apart from its backends and its server's limits.
 #[derive(Clone, Debug)]
 pub struct GatewayConfig {
     /// How backends are picked.
     pub strategy: StrategyKind,
+    /// tower-lb, or tower's p2c behind a buffer for comparison.
+    pub balancer: Balancer,
     /// One weight (at least 1) per backend, in order; `None` gives every backend weight 1.
-    /// Used by the weighted and hash strategies.
     pub weights: Option<Vec<u32>>,
-    /// Where the hash strategies find the request key; requests without one use [`DEFAULT_KEY`].
+    /// Where the keyed strategies find the request key; requests without one use [`DEFAULT_KEY`].
     pub key: KeySource,
     /// The time limit for a response head, retries included.
     pub timeout: Duration,
     /// How many times a failed request may be sent again (see the [module docs](self)).
     pub retries: usize,
-    /// Failures in a row after which a backend is ejected (at least 1); see the
-    /// [module docs](self#passive-health).
+    /// Failures in a row after which a backend is ejected (at least 1).
     pub eject_after: u32,
     /// The largest request body accepted; larger ones get 413.
     pub max_body_bytes: usize,
-    /// The worker threads that will serve the gateway ([`Workers`]); each gets its own pool of
-    /// backend connections. 0 when it is served by a tokio runtime of the caller's instead.
-    pub workers: usize,
+    /// The longest wait for the next piece of a body, in either direction: a client that stalls
+    /// its request body, or a backend that stalls its response body, is cut off after it.
+    pub body_timeout: Duration,
+    /// Speak HTTP/2 to the backends (h2c, prior knowledge) instead of HTTP/1.1.
+    pub backend_http2: bool,
 }
 
 impl Default for GatewayConfig {
     fn default() -> Self {
         Self {
             strategy: StrategyKind::RoundRobin,
+            balancer: Balancer::TowerLb,
             weights: None,
             key: KeySource::default(),
             timeout: Duration::from_millis(2000),
             retries: 2,
             eject_after: 1,
             max_body_bytes: MAX_BODY_BYTES,
-            workers: 0,
+            body_timeout: Duration::from_secs(60),
+            backend_http2: false,
         }
     }
 }
@@ -289,7 +324,7 @@ impl GatewayConfig {
             return Err(ConfigError::NoBackends);
         }
         if let Some(weights) = &self.weights {
-            if !self.strategy.uses_weights() {
+            if !self.strategy.uses_weights() || self.balancer == Balancer::TowerP2c {
                 return Err(ConfigError::WeightsUnused(self.strategy));
             }
             if weights.len() != backends {
@@ -304,7 +339,7 @@ impl GatewayConfig {
                 });
             }
         }
-        if self.timeout.is_zero() {
+        if self.timeout.is_zero() || self.body_timeout.is_zero() {
             return Err(ConfigError::ZeroTimeout);
         }
         self.outlier_detection()
@@ -314,12 +349,8 @@ impl GatewayConfig {
 
     /// The balancer's passive health settings: ejection after [`eject_after`](Self::eject_after)
     /// failures in a row, for [`EJECT_FIRST`] doubling up to [`EJECT_MAX`], any share of the
-    /// backends at once, and panic mode when all are ejected.
-    ///
-    /// Any share, rather than tower-lb's default of half, because a refused connection is cheap
-    /// to detect but each one costs a retry (and an unanswered one a connect timeout): with two
-    /// of three backends down, the second should be passed over as well. Panic mode keeps
-    /// serving if that was wrong.
+    /// backends at once (a refused connection is cheap to detect, but each costs a retry), and
+    /// panic mode when all are ejected.
     pub fn outlier_detection(&self) -> Result<OutlierDetection, InvalidConfig> {
         OutlierDetection::builder()
             .consecutive_failures(self.eject_after)
@@ -338,9 +369,11 @@ pub enum ConfigError {
     /// Two backends with the same endpoint key.
     DuplicateBackend(String),
     /// A `--backend` URL that is not `http://host:port`, and why.
-    BadBackend(String, &'static str),
-    /// A strategy name that is not one of `round-robin`, `weighted`, `hash`, `consistent`.
+    BadBackend(String),
+    /// A strategy name that is not one of [`StrategyKind::ALL`].
     UnknownStrategy(String),
+    /// A balancer that is not `tower-lb` or `tower-p2c`.
+    UnknownBalancer(String),
     /// A key source that is not `query:NAME` or `header:NAME`.
     BadKey(String),
     /// Weights given to a strategy that ignores them.
@@ -370,18 +403,21 @@ impl fmt::Display for ConfigError {
         match self {
             Self::NoBackends => f.write_str("no backends to balance"),
             Self::DuplicateBackend(key) => write!(f, "backend {key} is given twice"),
-            Self::BadBackend(url, why) => write!(f, "bad backend URL {url:?}: {why}"),
-            Self::UnknownStrategy(name) => write!(
-                f,
-                "unknown strategy {name:?}: expected round-robin, weighted, hash or consistent"
-            ),
+            Self::BadBackend(why) => f.write_str(why),
+            Self::UnknownStrategy(name) => {
+                let names: Vec<String> = StrategyKind::ALL.iter().map(|s| s.to_string()).collect();
+                write!(f, "unknown strategy {name:?}: expected one of {}", names.join(", "))
+            }
+            Self::UnknownBalancer(name) => {
+                write!(f, "unknown balancer {name:?}: expected tower-lb or tower-p2c")
+            }
             Self::BadKey(spec) => write!(
                 f,
                 "bad key source {spec:?}: expected query:NAME or header:NAME"
             ),
             Self::WeightsUnused(strategy) => write!(
                 f,
-                "weights have no effect with the {strategy} strategy: use weighted, hash or consistent"
+                "weights have no effect with the {strategy} strategy or tower's balancer"
             ),
             Self::WeightCount { weights, backends } => write!(
                 f,
@@ -392,7 +428,7 @@ impl fmt::Display for ConfigError {
                 "backend {backend} has weight 0: weights must be at least 1 (remove a backend instead)"
             ),
             Self::Weight(error) => error.fmt(f),
-            Self::ZeroTimeout => f.write_str("the timeout must be at least 1 ms"),
+            Self::ZeroTimeout => f.write_str("timeouts must be at least 1 ms"),
             Self::OutlierDetection(error) => error.fmt(f),
         }
     }
@@ -408,23 +444,41 @@ impl Error for ConfigError {
     }
 }
 
-/// The balanced stack behind the [`Proxy`], the same type for every strategy.
-pub type GatewayService = BoxCloneSyncService<Request<Outbound>, Response<Upstream>, BoxError>;
+/// The hyper-util client every endpoint shares: one connection pool, per backend address.
+pub type HttpClient = Client<HttpConnector, SharedBody>;
+
+/// One endpoint: the shared client bound to one backend by tower-lb's [`Origin`], with tower-http's
+/// response body timeout, naming itself in [`UPSTREAM_HEADER`].
+pub type Upstream =
+    SetResponseHeader<ResponseBodyTimeout<Origin<HttpClient>>, HeaderValue>;
+
+/// A backend's response as the balanced stack returns it.
+pub type UpstreamResponse = Response<TimeoutBody<Incoming>>;
+
+/// The balanced stack, the same type for every strategy and balancer.
+type Forward = BoxCloneSyncService<Request<SharedBody>, UpstreamResponse, BoxError>;
+
+/// The gateway's service for one client request: it never fails, errors become statuses.
+pub type GatewayService =
+    BoxCloneSyncService<Request<Incoming>, Response<Body>, std::convert::Infallible>;
+
+/// The client's address, put in each request's extensions by the server.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientAddr(pub SocketAddr);
 
 /// A built gateway: see [`gateway`].
 #[derive(Debug)]
 pub struct Gateway {
-    /// Forwards every request: serve it with [`Workers`](crate::proxy::Workers) or
-    /// [`Server`](crate::proxy::Server).
-    pub proxy: Proxy,
-    /// The endpoint set balanced over (keyed by [`Target::key`]): its handle inserts or removes
-    /// backends at runtime.
-    pub endpoints: Endpoints<String, HttpEndpoint>,
-    /// The balancer's per-endpoint statistics.
+    /// Forwards every request: serve it with [`crate::server::Server`].
+    pub service: GatewayService,
+    /// The endpoint set balanced over (keyed by [`Target::key`]); its handle inserts or removes
+    /// backends at runtime. `None` with tower's balancer, whose set is fixed here.
+    pub endpoints: Option<Endpoints<String, Upstream>>,
+    /// The balancer's per-endpoint statistics (none with tower's balancer).
     pub stats: Stats,
 }
 
-/// Builds the gateway for `targets`: the proxy, the endpoint set and the balancer's statistics.
+/// Builds the gateway for `targets`: the service, the endpoint set and the statistics.
 pub fn gateway(targets: &[Target], config: &GatewayConfig) -> Result<Gateway, ConfigError> {
     config.check(targets.len())?;
     for (i, target) in targets.iter().enumerate() {
@@ -432,97 +486,272 @@ pub fn gateway(targets: &[Target], config: &GatewayConfig) -> Result<Gateway, Co
             return Err(ConfigError::DuplicateBackend(target.key.clone()));
         }
     }
-    // The connect timeout leaves room for every attempt within the overall timeout, so that a
-    // backend that does not answer SYNs is failed over instead of using up the whole budget.
-    let attempts = u32::try_from(config.retries.saturating_add(1)).unwrap_or(u32::MAX);
-    let connect_timeout = (config.timeout / attempts).max(Duration::from_millis(1));
-    let weights = config
-        .weights
-        .clone()
-        .unwrap_or_else(|| vec![1; targets.len()]);
-    let endpoints = Endpoints::try_from_weighted(targets.iter().zip(weights).map(|(t, w)| {
-        let endpoint = HttpEndpoint::new(t, connect_timeout, config.workers);
-        (t.key.clone(), endpoint, w)
-    }))
-    .map_err(ConfigError::Weight)?;
-    let detection = config
-        .outlier_detection()
-        .map_err(ConfigError::OutlierDetection)?;
-
-    let (service, stats) = match (&config.strategy, &config.key) {
-        (StrategyKind::RoundRobin, _) => stack(RoundRobin::new(), &endpoints, &detection, config),
-        (StrategyKind::Weighted, _) => {
-            stack(WeightedRoundRobin::new(), &endpoints, &detection, config)
+    let client = client(config);
+    let upstreams = targets.iter().map(|t| {
+        let origin = Origin::new(client.clone(), http::uri::Scheme::HTTP, t.authority.clone())
+            .host(HostHeader::Backend);
+        let name = HeaderValue::from_str(&t.key).unwrap_or(HeaderValue::from_static("?"));
+        let endpoint = ServiceBuilder::new()
+            .layer(SetResponseHeaderLayer::overriding(
+                HeaderName::from_static(UPSTREAM_HEADER),
+                name,
+            ))
+            .layer(ResponseBodyTimeoutLayer::new(config.body_timeout))
+            .service(origin);
+        (t.key.clone(), endpoint)
+    });
+    let (forward, endpoints, stats) = match config.balancer {
+        Balancer::TowerLb => {
+            let weights = config.weights.clone().unwrap_or_else(|| vec![1; targets.len()]);
+            let endpoints =
+                Endpoints::try_from_weighted(upstreams.zip(weights).map(|((k, e), w)| (k, e, w)))
+                    .map_err(ConfigError::Weight)?;
+            let (forward, stats) = balanced(&endpoints, config)?;
+            (forward, Some(endpoints), stats)
         }
-        (StrategyKind::Hash, KeySource::Query(name)) => stack(
-            Hash::new(key::query(name).or(DEFAULT_KEY)),
-            &endpoints,
-            &detection,
-            config,
-        ),
-        (StrategyKind::Hash, KeySource::Header(name)) => stack(
-            Hash::new(key::header(name.clone()).or(DEFAULT_KEY)),
-            &endpoints,
-            &detection,
-            config,
-        ),
-        (StrategyKind::Consistent, KeySource::Query(name)) => stack(
-            ConsistentHash::new(key::query(name).or(DEFAULT_KEY)),
-            &endpoints,
-            &detection,
-            config,
-        ),
-        (StrategyKind::Consistent, KeySource::Header(name)) => stack(
-            ConsistentHash::new(key::header(name.clone()).or(DEFAULT_KEY)),
-            &endpoints,
-            &detection,
-            config,
-        ),
+        Balancer::TowerP2c => {
+            let list = ServiceList::new(upstreams.map(|(_, e)| e).collect::<Vec<_>>());
+            let balance = p2c::Balance::new(PendingRequestsDiscover::new(
+                list,
+                CompleteOnResponse::default(),
+            ));
+            let shared = Buffer::new(balance, 1024);
+            let forward = Forward::new(
+                ServiceBuilder::new()
+                    .timeout(config.timeout)
+                    .layer(RetryLayer::new(Policy::new().retries(config.retries)))
+                    .service(shared),
+            );
+            (forward, None, Stats(Arc::new(Vec::new)))
+        }
     };
-    let key_header = match (&config.strategy.is_keyed(), &config.key) {
-        (true, KeySource::Header(name)) => Some(name.clone()),
-        _ => None,
+    let max_body = config.max_body_bytes;
+    let body_timeout = config.body_timeout;
+    let version = if config.backend_http2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
     };
+    let service = ServiceBuilder::new()
+        // 413 at once for a declared length over the cap, and an error once a body crosses it.
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(max_body))
+        .service_fn(move |request: Request<_>| {
+            let forward = forward.clone();
+            async move { Ok(proxy(forward, request, body_timeout, version).await) }
+        })
+        .map_response(|response: Response<_>| response.map(Body::new));
     Ok(Gateway {
-        proxy: Proxy::new(service, config.max_body_bytes, key_header),
+        service: GatewayService::new(service),
         endpoints,
         stats,
     })
 }
 
-/// timeout(retry(balance(endpoints))): the timeout bounds the whole request, retries included,
-/// and every retry goes through the balancer again, which passes over the backends ejected by
-/// then (the one that just failed, with the default [`GatewayConfig::eject_after`]).
-///
-/// Also returns a handle on the balancer's statistics, taken before the balancer disappears
-/// into the boxed stack.
-fn stack<St>(
-    strategy: St,
-    endpoints: &Endpoints<String, HttpEndpoint>,
-    detection: &OutlierDetection,
+/// The shared backend client: keep-alive pooled, HTTP/1.1 or h2c, a connect timeout that leaves
+/// room for every attempt within the overall timeout (so a backend that drops SYNs is failed
+/// over), and room for responses with many headers (150 `Set-Cookie`s).
+fn client(config: &GatewayConfig) -> HttpClient {
+    let attempts = u32::try_from(config.retries.saturating_add(1)).unwrap_or(u32::MAX);
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some((config.timeout / attempts).max(Duration::from_millis(1))));
+    Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .http1_max_headers(1000)
+        .http2_only(config.backend_http2)
+        .build(connector)
+}
+
+/// tower-lb's balancer with the configured strategy under the retry policy and the timeout; and a
+/// handle on its statistics, taken before it disappears into the boxed stack.
+fn balanced(
+    endpoints: &Endpoints<String, Upstream>,
     config: &GatewayConfig,
-) -> (GatewayService, Stats)
+) -> Result<(Forward, Stats), ConfigError> {
+    fn stack<St>(
+        strategy: St,
+        endpoints: &Endpoints<String, Upstream>,
+        config: &GatewayConfig,
+    ) -> Result<(Forward, Stats), ConfigError>
+    where
+        St: Route<String, Request<SharedBody>> + Clone + Send + Sync + 'static,
+    {
+        let detection = config
+            .outlier_detection()
+            .map_err(ConfigError::OutlierDetection)?;
+        let balance = BalanceLayer::new(strategy)
+            .outlier_detection(detection)
+            .classify(is_backend_failure::<TimeoutBody<Incoming>>)
+            .skip_tried_endpoints()
+            .layer(endpoints.clone());
+        // A clone shares the counts and the ejections.
+        let observed = balance.clone();
+        let forward = Forward::new(
+            ServiceBuilder::new()
+                .timeout(config.timeout)
+                .layer(RetryLayer::new(Policy::new().retries(config.retries)))
+                .service(balance),
+        );
+        Ok((forward, Stats(Arc::new(move || observed.stats()))))
+    }
+    let keyed = |name: &str| key::query(name).or(DEFAULT_KEY);
+    match (config.strategy, &config.key) {
+        (StrategyKind::RoundRobin, _) => stack(RoundRobin::new(), endpoints, config),
+        (StrategyKind::Weighted, _) => stack(WeightedRoundRobin::new(), endpoints, config),
+        (StrategyKind::P2c, _) => stack(PowerOfTwoChoices::new(), endpoints, config),
+        (StrategyKind::Random, _) => stack(Random::new(), endpoints, config),
+        (StrategyKind::Hash, KeySource::Query(q)) => stack(Hash::new(keyed(q)), endpoints, config),
+        (StrategyKind::Consistent, KeySource::Query(q)) => {
+            stack(ConsistentHash::new(keyed(q)), endpoints, config)
+        }
+        (StrategyKind::Maglev, KeySource::Query(q)) => {
+            stack(Maglev::new(keyed(q)), endpoints, config)
+        }
+        (kind, KeySource::Header(h)) => {
+            let by_header = key::header(h.clone()).or(DEFAULT_KEY);
+            match kind {
+                StrategyKind::Hash => stack(Hash::new(by_header), endpoints, config),
+                StrategyKind::Consistent => stack(ConsistentHash::new(by_header), endpoints, config),
+                _ => stack(Maglev::new(by_header), endpoints, config),
+            }
+        }
+    }
+}
+
+/// Forwards one request: checks it as nginx does, rewrites its headers, streams its body, and
+/// turns a failure into a status.
+async fn proxy<B>(
+    forward: Forward,
+    request: Request<B>,
+    body_timeout: Duration,
+    version: Version,
+) -> Response<Body>
 where
-    St: Route<String, Request<Outbound>> + Clone,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
 {
-    let balance = BalanceLayer::new(strategy)
-        .outlier_detection(detection.clone())
-        .classify(is_backend_failure::<Upstream>)
-        .layer(endpoints.clone());
-    // A clone shares the counts and the ejections; one that is never polled pins nothing.
-    let observed = balance.clone();
-    let stats = Stats(Arc::new(move || observed.stats()));
-    let service = BoxCloneSyncService::new(
-        ServiceBuilder::new()
-            .timeout(config.timeout)
-            .retry(RetryPolicy::new(config.retries))
-            .service(balance),
-    );
-    (service, stats)
+    if let Err((status, why)) = check(&request) {
+        return answer(status, why);
+    }
+    let (mut parts, body) = request.into_parts();
+    let client = parts.extensions.get::<ClientAddr>().map(|c| c.0.ip());
+    forwarded_headers(&mut parts.headers, client);
+    parts.version = version;
+    let request = Request::from_parts(parts, SharedBody::new(body, body_timeout));
+    match forward.oneshot(request).await {
+        Ok(response) => {
+            let (mut parts, body) = response.into_parts();
+            remove_hop_by_hop(&mut parts.headers);
+            Response::from_parts(parts, Body::new(body))
+        }
+        Err(error) => {
+            // A body over the cap surfaces as the backend client's error; it is the client's.
+            let status = if tower_lb_chain(&*error).any(|e| e.is::<LengthLimitError>()) {
+                StatusCode::PAYLOAD_TOO_LARGE
+            } else {
+                status_code(&*error)
+            };
+            answer(status, error_chain(&*error))
+        }
+    }
+}
+
+/// What nginx refuses before proxying, with its statuses.
+fn check<B>(request: &Request<B>) -> Result<(), (StatusCode, String)> {
+    let bad = |why: &str| Err((StatusCode::BAD_REQUEST, why.to_owned()));
+    if request.method() == Method::CONNECT {
+        let why = "CONNECT is not supported: this gateway is not a forward proxy";
+        return Err((StatusCode::METHOD_NOT_ALLOWED, why.to_owned()));
+    }
+    let headers = request.headers();
+    if request.version() == Version::HTTP_11 {
+        let mut hosts = headers.get_all(header::HOST).iter();
+        let valid = match (hosts.next(), hosts.next()) {
+            (Some(host), None) => Authority::try_from(host.as_bytes()).is_ok(),
+            _ => false,
+        };
+        if !valid {
+            return bad("an HTTP/1.1 request needs exactly one valid Host header");
+        }
+    }
+    if let Some(coding) = headers.get(header::TRANSFER_ENCODING) {
+        if request.version() < Version::HTTP_11 {
+            return bad("an HTTP/1.0 request cannot have a Transfer-Encoding");
+        }
+        if !coding.as_bytes().eq_ignore_ascii_case(b"chunked")
+            || headers.get_all(header::TRANSFER_ENCODING).iter().count() > 1
+        {
+            let why = "only the chunked transfer coding is supported";
+            return Err((StatusCode::NOT_IMPLEMENTED, why.to_owned()));
+        }
+    }
+    Ok(())
+}
+
+/// Headers that describe one connection, not the message (RFC 9110, 7.6.1), and those a proxy
+/// consumes.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+/// Removes the hop-by-hop headers, those `Connection` names included, and `Transfer-Encoding`
+/// (the outgoing connection frames the body itself).
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| HeaderName::from_str(token.trim()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove(header::TRANSFER_ENCODING);
+}
+
+/// The request headers a reverse proxy owns: hop-by-hop ones removed, `X-Forwarded-For`
+/// extended with the client's address (nginx's `$proxy_add_x_forwarded_for`), `X-Forwarded-Host`
+/// and `X-Forwarded-Proto` replaced, so that a client cannot pass off its own values.
+fn forwarded_headers(headers: &mut HeaderMap, client: Option<std::net::IpAddr>) {
+    remove_hop_by_hop(headers);
+    let host = headers.get(header::HOST).cloned();
+    headers.remove("x-forwarded-host");
+    if let Some(host) = host {
+        headers.insert("x-forwarded-host", host);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    if let Some(ip) = client {
+        let ip = ip.to_canonical().to_string();
+        let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(earlier) => format!("{earlier}, {ip}"),
+            None => ip,
+        };
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert("x-forwarded-for", value);
+        }
+    }
+}
+
+fn answer(status: StatusCode, message: String) -> Response<Body> {
+    let mut response = Response::new(Body::from(message + "\n"));
+    *response.status_mut() = status;
+    response
 }
 
 /// Whether a backend's answer counts as its failure for outlier detection (errors always do):
-/// 502, 503 and 504, with which a backend says that it, or what it depends on, cannot serve now.
+/// 502, 503 and 504, with which a backend says that it cannot serve now.
 ///
 /// Not every 5xx, as tower-lb's [`ServerErrors`](tower_lb::health::ServerErrors) would: a 500
 /// more often comes from one request (a malformed image) than from the backend, and with ejection
@@ -535,7 +764,7 @@ pub fn is_backend_failure<B>(response: &Response<B>) -> bool {
 }
 
 /// The balancer's per-endpoint statistics, whatever the strategy: a cheap handle on the balancer
-/// behind the proxy.
+/// behind the gateway.
 #[derive(Clone)]
 pub struct Stats(Arc<dyn Fn() -> Vec<EndpointStats<String>> + Send + Sync>);
 
@@ -552,173 +781,118 @@ impl fmt::Debug for Stats {
     }
 }
 
-/// How a request to one backend failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Failure {
-    /// The connection could not be made: the request never reached the backend.
-    Connect,
-    /// The connection was made (or reused), then the exchange failed before a response head.
-    Exchange,
-}
-
-/// A request to one backend failed.
-#[derive(Debug)]
-pub struct BackendError {
-    backend: Arc<str>,
-    failure: Failure,
-    source: BoxError,
-}
-
-impl BackendError {
-    /// A failure of `backend` (its key).
-    pub fn new(backend: &Arc<str>, failure: Failure, source: BoxError) -> Self {
-        Self {
-            backend: Arc::clone(backend),
-            failure,
-            source,
-        }
-    }
-
-    /// How it failed.
-    pub fn failure(&self) -> Failure {
-        self.failure
-    }
-}
-
-impl fmt::Display for BackendError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.failure {
-            Failure::Connect => write!(f, "could not connect to {}", self.backend),
-            Failure::Exchange => write!(f, "{} failed the request", self.backend),
-        }
-    }
-}
-
-impl Error for BackendError {
-    fn source(&self) -> Option<&(dyn Error + 'static)> {
-        Some(&*self.source)
-    }
-}
-
-/// Every attempt the retry budget allowed ended with the last one unable to connect: the request
-/// reached no backend that could serve it.
-#[derive(Debug)]
-pub struct NoBackendReachable {
-    attempts: usize,
-    source: BoxError,
-}
-
-impl fmt::Display for NoBackendReachable {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "no backend could be reached ({} attempts)",
-            self.attempts
-        )
-    }
-}
-
-impl Error for NoBackendReachable {
-    fn source(&self) -> Option<&(dyn Error + 'static)> {
-        Some(&*self.source)
-    }
-}
-
-/// The retry policy: failed connections are retried for every method, failed exchanges only
-/// for idempotent ones; at most `retries` times. See the [module docs](self).
-///
-/// tower's `Retry` clones the policy for every request, so the attempt count is per request.
-#[derive(Clone, Debug)]
-pub struct RetryPolicy {
-    retries: usize,
-    attempts: usize,
-}
-
-impl RetryPolicy {
-    /// Allows `retries` retries per request.
-    pub fn new(retries: usize) -> Self {
-        Self {
-            retries,
-            attempts: 0,
-        }
-    }
-}
-
-impl Policy<Request<Outbound>, Response<Upstream>, BoxError> for RetryPolicy {
-    type Future = Ready<()>;
-
-    fn retry(
-        &mut self,
-        request: &mut Request<Outbound>,
-        result: &mut Result<Response<Upstream>, BoxError>,
-    ) -> Option<Ready<()>> {
-        self.attempts += 1;
-        let Err(error) = result else {
-            return None;
-        };
-        let failure = error.downcast_ref::<BackendError>()?.failure();
-        let retryable = match failure {
-            Failure::Connect => true,
-            Failure::Exchange => is_idempotent(request.method()),
-        };
-        if retryable && self.attempts <= self.retries {
-            return Some(ready(()));
-        }
-        if failure == Failure::Connect {
-            let source = std::mem::replace(error, "".into());
-            *error = Box::new(NoBackendReachable {
-                attempts: self.attempts,
-                source,
-            });
-        }
-        None
-    }
-
-    fn clone_request(&mut self, request: &Request<Outbound>) -> Option<Request<Outbound>> {
-        // The head and body are `Bytes`: cloning them is a reference count, not a copy.
-        (self.retries > 0).then(|| request.clone())
-    }
-}
-
-/// Methods that a server may receive twice with the effect of once (RFC 9110, 9.2.2).
-pub fn is_idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
-}
-
-/// The status the gateway answers for a failed request: see the [module docs](self).
-pub fn status_for(error: &BoxError) -> StatusCode {
-    if error.is::<Elapsed>() {
-        StatusCode::GATEWAY_TIMEOUT
-    } else if error.is::<NoEndpoints>()
-        // No endpoint could take the request. Not produced by this stack (the endpoints are
-        // always ready, and panic mode routes when every one is ejected), but it would mean 503.
-        || error.is::<Unavailable>()
-        || error.is::<NoBackendReachable>()
-    {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else if error.is::<MissingKey>() {
-        StatusCode::BAD_REQUEST
-    } else if let Some(error) = error.downcast_ref::<BackendError>() {
-        match error.failure() {
-            Failure::Exchange => StatusCode::BAD_GATEWAY,
-            Failure::Connect => StatusCode::SERVICE_UNAVAILABLE,
-        }
-    } else {
-        // Nothing else is produced by this stack: it would be a bug in the gateway.
-        StatusCode::INTERNAL_SERVER_ERROR
-    }
+/// The error and its sources, outermost first.
+fn tower_lb_chain<'a>(
+    error: &'a (dyn Error + 'static),
+) -> impl Iterator<Item = &'a (dyn Error + 'static)> {
+    std::iter::successors(Some(error), |e| (*e).source())
 }
 
 /// The error and its sources, `outer: inner: innermost`.
 pub fn error_chain(error: &(dyn Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(error) = source {
-        text += &format!(": {error}");
-        source = error.source();
+    tower_lb_chain(error)
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+type BoxedBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+/// A streamed request body that the retry policy can clone: the clones share one body, and the
+/// first clone polled takes it. A retry's clone gets the body only if the failed attempt never
+/// started sending it (a refused connection); otherwise its first poll fails with
+/// [`BodyAlreadySent`], which fails that attempt.
+///
+/// Each wait for the next piece of the body is bounded by tower-http's [`TimeoutBody`].
+pub struct SharedBody {
+    shared: Arc<Mutex<Option<BoxedBody>>>,
+    taken: Option<BoxedBody>,
+    size_hint: SizeHint,
+    empty: bool,
+}
+
+impl SharedBody {
+    fn new<B>(body: B, timeout: Duration) -> Self
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        use http_body_util::BodyExt;
+        // Read before the timeout wrapper, which reports neither.
+        let (size_hint, empty) = (body.size_hint(), body.is_end_stream());
+        let body = TimeoutBody::new(timeout, body).boxed_unsync();
+        Self {
+            shared: Arc::new(Mutex::new(Some(body))),
+            taken: None,
+            size_hint,
+            empty,
+        }
     }
-    text
+}
+
+impl Clone for SharedBody {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+            taken: None,
+            size_hint: self.size_hint.clone(),
+            empty: self.empty,
+        }
+    }
+}
+
+impl fmt::Debug for SharedBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedBody")
+            .field("size_hint", &self.size_hint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A retry needed a request body that an earlier attempt had already started to send.
+#[derive(Debug)]
+pub struct BodyAlreadySent;
+
+impl fmt::Display for BodyAlreadySent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the request body was already sent to another backend")
+    }
+}
+
+impl Error for BodyAlreadySent {}
+
+impl http_body::Body for SharedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.taken.is_none() {
+            let body = self
+                .shared
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            match body {
+                Some(body) => self.taken = Some(body),
+                None if self.empty => return Poll::Ready(None),
+                None => return Poll::Ready(Some(Err(BodyAlreadySent.into()))),
+            }
+        }
+        let body = self.taken.as_mut().expect("taken above");
+        Pin::new(body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.taken {
+            Some(body) => body.is_end_stream(),
+            None => self.empty,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.size_hint.clone()
+    }
 }

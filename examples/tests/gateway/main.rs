@@ -4,22 +4,22 @@
 
 // The example's modules, compiled into this test; each test uses only part of them.
 #[allow(dead_code)]
-#[path = "../../examples/gateway/app.rs"]
+#[path = "../../gateway/app.rs"]
 mod app;
 #[allow(dead_code)]
-#[path = "../../examples/gateway/backend.rs"]
+#[path = "../../gateway/backend.rs"]
 mod backend;
 #[allow(dead_code)]
-#[path = "../../examples/gateway/demo.rs"]
+#[path = "../../gateway/demo.rs"]
 mod demo;
 #[allow(dead_code)]
-#[path = "../../examples/gateway/http1.rs"]
+#[path = "../../gateway/http1.rs"]
 mod http1;
 #[allow(dead_code)]
-#[path = "../../examples/gateway/proxy.rs"]
+#[path = "../../gateway/proxy.rs"]
 mod proxy;
 #[allow(dead_code)]
-#[path = "../../examples/gateway/upstream.rs"]
+#[path = "../../gateway/upstream.rs"]
 mod upstream;
 mod wire;
 
