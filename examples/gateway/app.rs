@@ -29,9 +29,10 @@
 //! 504) is ejected for [`EJECT_FIRST`], doubling up to [`EJECT_MAX`]; with every backend
 //! ejected, the balancer routes over all of them (panic mode).
 //!
-//! Request bodies are streamed to the backend, not buffered ([`SharedBody`]): a retry can resend
-//! a body only if the failed attempt never started to send it, which is the case for a refused
-//! connection, the one failure retried for every method.
+//! Request bodies up to [`REPLAY_BYTES`] with a declared length are read whole first, so that
+//! any retry can resend them; longer ones are streamed to the backend as they arrive
+//! ([`SharedBody`]), and a retry can resend such a body only if the failed attempt never started
+//! to send it: a refused connection, the one failure retried for every method.
 
 use std::{
     error::Error,
@@ -86,6 +87,11 @@ use tower_lb::{
 /// The largest request body the gateway accepts by default (nginx's `client_max_body_size` is
 /// 1 MiB; images are larger).
 pub const MAX_BODY_BYTES: usize = 8 << 20;
+
+/// Request bodies of at most this many bytes, declared by `Content-Length`, are read whole before
+/// they are forwarded, so that a retry can send them again (nginx's `client_body_buffer_size`
+/// plays the same part); longer ones are streamed.
+pub const REPLAY_BYTES: u64 = 64 << 10;
 
 /// The key used by the hash strategies for a request without one.
 pub const DEFAULT_KEY: &str = "default_key";
@@ -638,7 +644,20 @@ where
     let client = parts.extensions.get::<ClientAddr>().map(|c| c.0.ip());
     forwarded_headers(&mut parts.headers, client);
     parts.version = version;
-    let request = Request::from_parts(parts, SharedBody::new(body, body_timeout));
+    let body = match SharedBody::new(body, body_timeout).await {
+        Ok(body) => body,
+        Err(error) => {
+            let status = if chain(&*error).any(|e| e.is::<tower_http::timeout::TimeoutError>()) {
+                StatusCode::REQUEST_TIMEOUT
+            } else if chain(&*error).any(|e| e.is::<LengthLimitError>()) {
+                StatusCode::PAYLOAD_TOO_LARGE
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            return answer(status, error_chain(&*error));
+        }
+    };
+    let request = Request::from_parts(parts, body);
     match forward.oneshot(request).await {
         Ok(response) => {
             let (mut parts, body) = response.into_parts();
@@ -647,7 +666,7 @@ where
         }
         Err(error) => {
             // A body over the cap surfaces as the backend client's error; it is the client's.
-            let status = if tower_lb_chain(&*error).any(|e| e.is::<LengthLimitError>()) {
+            let status = if chain(&*error).any(|e| e.is::<LengthLimitError>()) {
                 StatusCode::PAYLOAD_TOO_LARGE
             } else {
                 status_code(&*error)
@@ -782,7 +801,7 @@ impl fmt::Debug for Stats {
 }
 
 /// The error and its sources, outermost first.
-fn tower_lb_chain<'a>(
+fn chain<'a>(
     error: &'a (dyn Error + 'static),
 ) -> impl Iterator<Item = &'a (dyn Error + 'static)> {
     std::iter::successors(Some(error), |e| (*e).source())
@@ -790,7 +809,7 @@ fn tower_lb_chain<'a>(
 
 /// The error and its sources, `outer: inner: innermost`.
 pub fn error_chain(error: &(dyn Error + 'static)) -> String {
-    tower_lb_chain(error)
+    chain(error)
         .map(|e| e.to_string())
         .collect::<Vec<_>>()
         .join(": ")
@@ -798,21 +817,30 @@ pub fn error_chain(error: &(dyn Error + 'static)) -> String {
 
 type BoxedBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 
-/// A streamed request body that the retry policy can clone: the clones share one body, and the
-/// first clone polled takes it. A retry's clone gets the body only if the failed attempt never
-/// started sending it (a refused connection); otherwise its first poll fails with
-/// [`BodyAlreadySent`], which fails that attempt.
+/// A request body that the retry policy can clone: either read whole (at most [`REPLAY_BYTES`]),
+/// or streamed. The clones of a streamed body share it, and the first clone polled takes it; a
+/// retry's clone gets it only if the failed attempt never started sending it (a refused
+/// connection), and otherwise fails its attempt with [`BodyAlreadySent`].
 ///
-/// Each wait for the next piece of the body is bounded by tower-http's [`TimeoutBody`].
+/// Each wait for the next piece of a body is bounded by tower-http's [`TimeoutBody`].
 pub struct SharedBody {
-    shared: Arc<Mutex<Option<BoxedBody>>>,
-    taken: Option<BoxedBody>,
+    kind: Kind,
     size_hint: SizeHint,
-    empty: bool,
+}
+
+enum Kind {
+    /// Read whole: every clone sends all of it.
+    Whole { bytes: Bytes, sent: bool },
+    /// Streamed: the clones share one body.
+    Streamed {
+        shared: Arc<Mutex<Option<BoxedBody>>>,
+        taken: Option<BoxedBody>,
+        empty: bool,
+    },
 }
 
 impl SharedBody {
-    fn new<B>(body: B, timeout: Duration) -> Self
+    async fn new<B>(body: B, timeout: Duration) -> Result<Self, BoxError>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
@@ -820,23 +848,38 @@ impl SharedBody {
         use http_body_util::BodyExt;
         // Read before the timeout wrapper, which reports neither.
         let (size_hint, empty) = (body.size_hint(), body.is_end_stream());
-        let body = TimeoutBody::new(timeout, body).boxed_unsync();
-        Self {
-            shared: Arc::new(Mutex::new(Some(body))),
-            taken: None,
-            size_hint,
-            empty,
-        }
+        let body = TimeoutBody::new(timeout, body);
+        let kind = match size_hint.exact() {
+            Some(length) if length <= REPLAY_BYTES => Kind::Whole {
+                bytes: body.collect().await?.to_bytes(),
+                sent: false,
+            },
+            _ => Kind::Streamed {
+                shared: Arc::new(Mutex::new(Some(body.boxed_unsync()))),
+                taken: None,
+                empty,
+            },
+        };
+        Ok(Self { kind, size_hint })
     }
 }
 
 impl Clone for SharedBody {
     fn clone(&self) -> Self {
+        let kind = match &self.kind {
+            Kind::Whole { bytes, .. } => Kind::Whole {
+                bytes: bytes.clone(),
+                sent: false,
+            },
+            Kind::Streamed { shared, empty, .. } => Kind::Streamed {
+                shared: Arc::clone(shared),
+                taken: None,
+                empty: *empty,
+            },
+        };
         Self {
-            shared: Arc::clone(&self.shared),
-            taken: None,
+            kind,
             size_hint: self.size_hint.clone(),
-            empty: self.empty,
         }
     }
 }
@@ -869,26 +912,41 @@ impl http_body::Body for SharedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if self.taken.is_none() {
-            let body = self
-                .shared
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take();
-            match body {
-                Some(body) => self.taken = Some(body),
-                None if self.empty => return Poll::Ready(None),
-                None => return Poll::Ready(Some(Err(BodyAlreadySent.into()))),
+        match &mut self.kind {
+            Kind::Whole { sent: true, .. } => Poll::Ready(None),
+            Kind::Whole { bytes, sent } => {
+                *sent = true;
+                match bytes.is_empty() {
+                    true => Poll::Ready(None),
+                    false => Poll::Ready(Some(Ok(Frame::data(bytes.clone())))),
+                }
+            }
+            Kind::Streamed {
+                shared,
+                taken,
+                empty,
+            } => {
+                if taken.is_none() {
+                    let body = shared.lock().unwrap_or_else(PoisonError::into_inner).take();
+                    match body {
+                        Some(body) => *taken = Some(body),
+                        None if *empty => return Poll::Ready(None),
+                        None => return Poll::Ready(Some(Err(BodyAlreadySent.into()))),
+                    }
+                }
+                let body = taken.as_mut().expect("taken above");
+                Pin::new(body).poll_frame(cx)
             }
         }
-        let body = self.taken.as_mut().expect("taken above");
-        Pin::new(body).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.taken {
-            Some(body) => body.is_end_stream(),
-            None => self.empty,
+        match &self.kind {
+            Kind::Whole { bytes, sent } => *sent || bytes.is_empty(),
+            Kind::Streamed {
+                taken: Some(body), ..
+            } => body.is_end_stream(),
+            Kind::Streamed { empty, .. } => *empty,
         }
     }
 

@@ -31,14 +31,8 @@ mod app;
 #[path = "../../gateway/backend.rs"]
 mod backend;
 #[allow(dead_code)]
-#[path = "../../gateway/http1.rs"]
-mod http1;
-#[allow(dead_code)]
-#[path = "../../gateway/proxy.rs"]
-mod proxy;
-#[allow(dead_code)]
-#[path = "../../gateway/upstream.rs"]
-mod upstream;
+#[path = "../../gateway/server.rs"]
+mod server;
 
 use std::{
     collections::HashMap,
@@ -61,7 +55,7 @@ use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
     rt::TokioExecutor,
 };
-use proxy::Server;
+use server::{Limits, Server};
 use tower_lb::{key, strategy::ConsistentHash, Balance, EndpointStats, Endpoints};
 
 /// Every test finishes well within this, or fails instead of hanging.
@@ -404,9 +398,13 @@ async fn run(config: GatewayConfig) -> Run {
     let built = app::gateway(&targets, &config).expect("a valid configuration");
     let stats = built.stats;
     let stats_of = |key: &str| stats.snapshot().into_iter().find(|s| s.key == key).unwrap();
-    let gateway = Server::bind(SocketAddr::from(([127, 0, 0, 1], 0)), built.proxy)
-        .await
-        .unwrap();
+    let gateway = Server::bind(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        built.service,
+        Limits::default(),
+    )
+    .await
+    .unwrap();
 
     let answered = Arc::new(AtomicUsize::new(0));
     let load = tokio::spawn(load(gateway.addr(), Arc::clone(&answered)));
