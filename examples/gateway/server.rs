@@ -209,7 +209,10 @@ async fn serve_connection(
         }
     });
     let mut connection = pin!(builder.serve_connection(io, TowerToHyperService::new(service)));
-    let mut closing = false;
+    let (mut closing, mut shut) = (false, false);
+    // A connection told to close gets the send timeout to finish: a peer that never lets it
+    // (an HTTP/2 client that does not answer the shutdown's ping) is dropped then.
+    let mut grace = pin!(tokio::time::sleep(limits.send_timeout));
     loop {
         // Idle long enough: no request in flight for the whole timeout.
         let idle = async {
@@ -224,12 +227,17 @@ async fn serve_connection(
         };
         tokio::select! {
             _ = connection.as_mut() => break,
+            _ = grace.as_mut(), if closing => break,
             _ = state.close.notified(), if !closing => closing = true,
             _ = stop.wait_for(|stop| *stop), if !closing => closing = true,
             idle = idle, if !closing => closing = idle,
         }
-        if closing {
+        if closing && !shut {
+            shut = true;
             connection.as_mut().graceful_shutdown();
+            grace
+                .as_mut()
+                .reset((Instant::now() + limits.send_timeout).into());
         }
     }
     state.closed();
