@@ -8,7 +8,7 @@
 //! | a write to a client that stops reading fails after | 60 s (nginx's `send_timeout`) | `tokio-io-timeout`'s write timeout on the socket; the response, and the backend connection it holds, are dropped |
 //! | open client connections | half the descriptor limit (the other half for backend connections) | at the cap, each new connection closes the oldest idle one (the oldest one, if none is idle), gracefully, as nginx reuses keep-alive connections when it runs short |
 //! | request bodies, a backend's response bodies | 8 MiB, 60 s between pieces | tower-http's body limit and body timeouts, in [`crate::app`] |
-//! | request head | 100 headers, 400 KiB | hyper's defaults: 431 beyond |
+//! | request head | 100 headers, 64 KiB | hyper's header count and read buffer size: 431 beyond |
 //!
 //! A descriptor shortage at `accept` closes the oldest idle connection too, and waits a moment
 //! instead of spinning.
@@ -138,7 +138,10 @@ async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout);
+        .header_read_timeout(limits.header_timeout)
+        // A connection's read buffer, which bounds a request head too: 64 KiB rather than
+        // hyper's 400 KiB, as nginx reads heads into 32 KiB and bodies into 16 KiB.
+        .max_buf_size(64 << 10);
     builder.http2().timer(TokioTimer::new());
     let builder = Arc::new(builder);
     let mut connections = JoinSet::new();
