@@ -261,7 +261,8 @@ impl Target {
     /// `host:port` as nginx keys `server host:port;`, so that gateways configured with the same
     /// URLs hash keys alike. tower-lb's [`Origin`] checks the URL.
     pub fn from_url(url: &str) -> Result<Self, ConfigError> {
-        let origin = Origin::try_new((), url).map_err(|e| ConfigError::BadBackend(e.to_string()))?;
+        let origin =
+            Origin::try_new((), url).map_err(|e| ConfigError::BadBackend(e.to_string()))?;
         if origin.scheme() != &http::uri::Scheme::HTTP {
             return Err(ConfigError::BadBackend(format!(
                 "{url}: only http:// backends are supported"
@@ -455,8 +456,7 @@ pub type HttpClient = Client<HttpConnector, SharedBody>;
 
 /// One endpoint: the shared client bound to one backend by tower-lb's [`Origin`], with tower-http's
 /// response body timeout, naming itself in [`UPSTREAM_HEADER`].
-pub type Upstream =
-    SetResponseHeader<ResponseBodyTimeout<Origin<HttpClient>>, HeaderValue>;
+pub type Upstream = SetResponseHeader<ResponseBodyTimeout<Origin<HttpClient>>, HeaderValue>;
 
 /// A backend's response as the balanced stack returns it.
 pub type UpstreamResponse = Response<TimeoutBody<Incoming>>;
@@ -508,7 +508,10 @@ pub fn gateway(targets: &[Target], config: &GatewayConfig) -> Result<Gateway, Co
     });
     let (forward, endpoints, stats) = match config.balancer {
         Balancer::TowerLb => {
-            let weights = config.weights.clone().unwrap_or_else(|| vec![1; targets.len()]);
+            let weights = config
+                .weights
+                .clone()
+                .unwrap_or_else(|| vec![1; targets.len()]);
             let endpoints =
                 Endpoints::try_from_weighted(upstreams.zip(weights).map(|((k, e), w)| (k, e, w)))
                     .map_err(ConfigError::Weight)?;
@@ -560,7 +563,9 @@ fn client(config: &GatewayConfig) -> HttpClient {
     let attempts = u32::try_from(config.retries.saturating_add(1)).unwrap_or(u32::MAX);
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
-    connector.set_connect_timeout(Some((config.timeout / attempts).max(Duration::from_millis(1))));
+    connector.set_connect_timeout(Some(
+        (config.timeout / attempts).max(Duration::from_millis(1)),
+    ));
     Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
@@ -618,7 +623,9 @@ fn balanced(
             let by_header = key::header(h.clone()).or(DEFAULT_KEY);
             match kind {
                 StrategyKind::Hash => stack(Hash::new(by_header), endpoints, config),
-                StrategyKind::Consistent => stack(ConsistentHash::new(by_header), endpoints, config),
+                StrategyKind::Consistent => {
+                    stack(ConsistentHash::new(by_header), endpoints, config)
+                }
                 _ => stack(Maglev::new(by_header), endpoints, config),
             }
         }
@@ -801,9 +808,7 @@ impl fmt::Debug for Stats {
 }
 
 /// The error and its sources, outermost first.
-fn chain<'a>(
-    error: &'a (dyn Error + 'static),
-) -> impl Iterator<Item = &'a (dyn Error + 'static)> {
+fn chain<'a>(error: &'a (dyn Error + 'static)) -> impl Iterator<Item = &'a (dyn Error + 'static)> {
     std::iter::successors(Some(error), |e| (*e).source())
 }
 

@@ -90,16 +90,30 @@ pub struct Server {
 
 impl Server {
     /// Binds `addr` (port 0 picks a free port) and serves `service` on it.
-    pub async fn bind(addr: SocketAddr, service: GatewayService, limits: Limits) -> io::Result<Self> {
+    pub async fn bind(
+        addr: SocketAddr,
+        service: GatewayService,
+        limits: Limits,
+    ) -> io::Result<Self> {
         Self::start(TcpListener::bind(addr).await?, service, limits)
     }
 
     /// Serves `service` on `listener`.
-    pub fn start(listener: TcpListener, service: GatewayService, limits: Limits) -> io::Result<Self> {
+    pub fn start(
+        listener: TcpListener,
+        service: GatewayService,
+        limits: Limits,
+    ) -> io::Result<Self> {
         let addr = listener.local_addr()?;
         let (shutdown, stop) = watch::channel(false);
         let registry = Arc::new(Registry::default());
-        let task = tokio::spawn(serve(listener, service, limits, stop, Arc::clone(&registry)));
+        let task = tokio::spawn(serve(
+            listener,
+            service,
+            limits,
+            stop,
+            Arc::clone(&registry),
+        ));
         Ok(Self {
             addr,
             shutdown,
@@ -280,7 +294,11 @@ impl Registry {
     /// Asks the oldest idle connection (or the oldest, if none is idle) to close, gracefully.
     fn close_oldest(&self) {
         let connections = self.lock();
-        let open = || connections.values().filter(|c| !c.closing.load(Ordering::Relaxed));
+        let open = || {
+            connections
+                .values()
+                .filter(|c| !c.closing.load(Ordering::Relaxed))
+        };
         let oldest = open()
             .find(|c| c.in_flight.load(Ordering::Acquire) == 0)
             .or_else(|| open().next());
@@ -308,7 +326,11 @@ struct Connection {
 impl Connection {
     /// When the connection will have been idle for `timeout`, if nothing starts meanwhile.
     fn idle_until(&self, timeout: Duration) -> Instant {
-        *self.idle_since.lock().unwrap_or_else(PoisonError::into_inner) + timeout
+        *self
+            .idle_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            + timeout
     }
 
     fn closed(&self) {
@@ -330,7 +352,11 @@ impl Busy {
 impl Drop for Busy {
     fn drop(&mut self) {
         if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            *self.0.idle_since.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
+            *self
+                .0
+                .idle_since
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Instant::now();
             self.0.went_idle.notify_one();
         }
     }

@@ -84,9 +84,8 @@ async fn stalled_uploads_one_byte_short_of_the_cap_leave_the_heap_flat() {
         let mut clients = Vec::new();
         for _ in 0..CLIENTS {
             let mut stream = TcpStream::connect(gateway.addr()).await.unwrap();
-            let head = format!(
-                "POST /upload HTTP/1.1\r\nHost: gateway\r\nContent-Length: {CAP}\r\n\r\n"
-            );
+            let head =
+                format!("POST /upload HTTP/1.1\r\nHost: gateway\r\nContent-Length: {CAP}\r\n\r\n");
             stream.write_all(head.as_bytes()).await.unwrap();
             let piece = piece.clone();
             clients.push(tokio::spawn(async move {

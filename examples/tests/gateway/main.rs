@@ -246,7 +246,10 @@ async fn h2c_clients_and_h2c_backends_share_one_rotation_and_the_server_stops_cl
                     .to_owned();
                 let body = response.into_body().collect().await.unwrap().to_bytes();
                 let body = String::from_utf8_lossy(&body).into_owned();
-                assert!(body.starts_with(&format!("Request handled by: {upstream}")), "{body}");
+                assert!(
+                    body.starts_with(&format!("Request handled by: {upstream}")),
+                    "{body}"
+                );
                 upstream
             });
         }

@@ -105,7 +105,10 @@ fn raise_descriptor_limit(wanted: u64) {
     let mut limit = getrlimit(Resource::Nofile);
     if limit.current.is_some_and(|current| current < wanted) {
         let hard = limit.maximum.unwrap_or(u64::MAX);
-        assert!(hard >= wanted, "the hard descriptor limit {hard} is below {wanted}");
+        assert!(
+            hard >= wanted,
+            "the hard descriptor limit {hard} is below {wanted}"
+        );
         limit.current = Some(wanted);
         setrlimit(Resource::Nofile, limit).expect("the soft descriptor limit can be raised");
     }
@@ -441,7 +444,12 @@ async fn forwarding_headers_from_the_client_are_replaced_not_passed_on() {
         let backend = spawn_backend("backend-1", BackendOptions::default())
             .await
             .unwrap();
-        let gateway = gateway(&[backend.target()], GatewayConfig::default(), Limits::default()).await;
+        let gateway = gateway(
+            &[backend.target()],
+            GatewayConfig::default(),
+            Limits::default(),
+        )
+        .await;
         let answer = raw_exchange(
             gateway.addr(),
             b"GET /headers HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\
@@ -454,7 +462,10 @@ async fn forwarding_headers_from_the_client_are_replaced_not_passed_on() {
         assert_eq!(received["x-forwarded-proto"], "http", "{answer}");
         assert_eq!(received["x-forwarded-host"], "shop.example", "{answer}");
         // Extended, as nginx's $proxy_add_x_forwarded_for does: the backend sees who connected.
-        assert_eq!(received["x-forwarded-for"], "10.9.8.7, 127.0.0.1", "{answer}");
+        assert_eq!(
+            received["x-forwarded-for"], "10.9.8.7, 127.0.0.1",
+            "{answer}"
+        );
         assert_eq!(received["host"], backend.addr().to_string(), "{answer}");
     })
     .await;
@@ -466,11 +477,19 @@ async fn requests_nginx_refuses_are_refused_with_its_statuses() {
         let backend = spawn_backend("backend-1", BackendOptions::default())
             .await
             .unwrap();
-        let gateway = gateway(&[backend.target()], GatewayConfig::default(), Limits::default()).await;
+        let gateway = gateway(
+            &[backend.target()],
+            GatewayConfig::default(),
+            Limits::default(),
+        )
+        .await;
         let addr = gateway.addr();
         for (request, status) in [
             // HTTP/1.1 needs exactly one valid Host.
-            (&b"GET /resize HTTP/1.1\r\nConnection: close\r\n\r\n"[..], "400"),
+            (
+                &b"GET /resize HTTP/1.1\r\nConnection: close\r\n\r\n"[..],
+                "400",
+            ),
             (
                 b"GET /resize HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n",
                 "400",
@@ -499,7 +518,10 @@ async fn requests_nginx_refuses_are_refused_with_its_statuses() {
                     || answer.starts_with(&format!("HTTP/1.0 {status}")),
                 "{text}\n=> {answer}"
             );
-            assert!(!answer.contains("Request handled by"), "{text}\n=> {answer}");
+            assert!(
+                !answer.contains("Request handled by"),
+                "{text}\n=> {answer}"
+            );
         }
         // HTTP/1.0 without Host is fine, as is HTTP/1.1 with one.
         for request in [
