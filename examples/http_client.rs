@@ -25,9 +25,7 @@ use tower_lb::{
     BoxError,
 };
 
-const USERS: [&str; 8] = [
-    "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi",
-];
+const USERS: [&str; 8] = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"];
 
 /// The upstream client as the handler sees it: a request in, a response or an error out.
 type Users = BoxCloneSyncService<
@@ -47,13 +45,13 @@ async fn users_instance(name: &'static str) -> Result<(String, Stop), BoxError> 
     let url = format!("http://{}", listener.local_addr()?);
     let app = Router::new().route("/profile", get(move || async move { name }));
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(async move {
+    let served = tokio::spawn(async move {
         let shutdown = async { drop(stopped.await) };
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await
     });
-    Ok((url, stop))
+    Ok((url, (stop, served)))
 }
 
 /// The handler: the user's profile from whichever instance the balancer picks for them.
