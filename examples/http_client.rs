@@ -25,7 +25,9 @@ use tower_lb::{
     BoxError,
 };
 
-const USERS: [&str; 8] = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"];
+const USERS: [&str; 8] = [
+    "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi",
+];
 
 /// The upstream client as the handler sees it: a request in, a response or an error out.
 type Users = BoxCloneSyncService<

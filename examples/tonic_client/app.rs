@@ -1,6 +1,6 @@
 //! The tonic example's parts: a unary `Echo/Whoami` gRPC service written by hand (messages derived
 //! with prost, no protoc), servers that run it on loopback, and a client that balances its calls
-//! over one tonic `Channel` per server, through `tower::timeout` and `tower::retry`.
+//! over one tonic `Channel` per server, through `tower::timeout` and tower-lb's retry policy.
 //!
 //! # The client stack
 //!
@@ -9,11 +9,11 @@
 //!
 //! | layer | what it does |
 //! |---|---|
-//! | [`status_from`] | turns the stack's errors into gRPC statuses, keeping the typed error as the source |
+//! | `tower_lb::http::grpc_status` | turns the stack's errors into gRPC statuses (`DEADLINE_EXCEEDED`, `INVALID_ARGUMENT`, `UNAVAILABLE`, ...), keeping the typed error as the source |
 //! | `tower::timeout` | bounds the whole call, retries included ([`ClientConfig::timeout`]) |
 //! | [`CollectBody`] | reads the encoded message into `Bytes`, so that a retry can send it again |
-//! | `tower::retry` with [`RetryPolicy`] | sends the call again when the channel failed (connection refused or broken) |
-//! | `tower_lb::Balance` | picks a server: round robin, or consistent hashing on the `x-key` metadata; ejects a server after one failure, so that the retry goes elsewhere |
+//! | `tower_lb::retry` | sends the call again when the channel failed (connection refused or broken), to a server the call has not tried |
+//! | `tower_lb::Balance` | picks a server: round robin, or consistent hashing on the `x-key` metadata; ejects a server after one failure |
 //! | `tonic::transport::Channel`, one per server | the HTTP/2 connection, made on first use |
 //!
 //! gRPC metadata travels as HTTP/2 headers, so the balancer reads the key with
@@ -27,7 +27,6 @@ use std::{
     convert::Infallible,
     error::Error,
     fmt,
-    future::{ready, Ready},
     io,
     net::{Ipv4Addr, SocketAddr},
     sync::Arc,
@@ -47,13 +46,11 @@ use tonic::{
     Code, GrpcMethod, Status,
 };
 use tonic_prost::ProstCodec;
-use tower::{
-    retry::Policy, timeout::error::Elapsed, util::BoxCloneSyncService, Layer, Service,
-    ServiceBuilder,
-};
+use tower::{util::BoxCloneSyncService, Layer, Service, ServiceBuilder};
 use tower_lb::{
-    error::{MissingKey, NoEndpoints, Unavailable},
     health::OutlierDetection,
+    http::grpc_status,
+    retry,
     strategy::{Route, Strategy},
     Balance, BalanceLayer, BoxError, Endpoints,
 };
@@ -275,12 +272,18 @@ where
         .expect("valid outlier detection settings");
     let balance = BalanceLayer::new(strategy)
         .outlier_detection(detection)
+        .skip_tried_endpoints()
         .layer(channels.clone());
+    // gRPC sends every call as POST; `Whoami` has no side effects, so a call that may have
+    // reached its server before the connection broke can be sent again too.
+    let policy = retry::Policy::new()
+        .retries(config.retries)
+        .idempotent_methods([http::Method::POST]);
     let stack = ServiceBuilder::new()
-        .map_err(status_from)
+        .map_err(grpc_status)
         .timeout(config.timeout)
         .layer(CollectBodyLayer)
-        .retry(RetryPolicy::new(config.retries))
+        .layer(retry::RetryLayer::new(policy))
         .map_request(|request: http::Request<Bytes>| {
             request.map(|bytes| Body::new(Full::new(bytes)))
         })
@@ -322,77 +325,9 @@ impl EchoClient {
     }
 }
 
-/// The gRPC status of a failed call: a code that tells the caller what happened, with the typed
-/// error as its source (`status.source()`, to downcast).
-///
-/// | error | code |
-/// |---|---|
-/// | [`Elapsed`]: no answer within the timeout | `DEADLINE_EXCEEDED` |
-/// | [`MissingKey`]: no `x-key` metadata, and no default key | `INVALID_ARGUMENT` |
-/// | [`NoEndpoints`], [`Unavailable`]: no server to send the call to | `UNAVAILABLE` |
-/// | a channel's error | tonic's mapping: `UNAVAILABLE` when it could not connect |
-pub fn status_from(error: BoxError) -> Status {
-    let code = if error.is::<Elapsed>() {
-        Code::DeadlineExceeded
-    } else if error.is::<MissingKey>() {
-        Code::InvalidArgument
-    } else if error.is::<NoEndpoints>() || error.is::<Unavailable>() {
-        Code::Unavailable
-    } else {
-        return Status::from_error(error);
-    };
-    let mut status = Status::new(code, error.to_string());
-    status.set_source(Arc::from(error));
-    status
-}
-
-/// The typed error behind a status made by [`status_from`], if it is an `E`.
+/// The typed error behind a status made by tower-lb's `grpc_status`, if it is an `E`.
 pub fn source_of<E: Error + 'static>(status: &Status) -> Option<&E> {
     status.source()?.downcast_ref::<E>()
-}
-
-/// Sends a call again when the channel failed: it could not connect, or the connection broke.
-///
-/// `Whoami` has no side effects, so a call that may have reached its server before the
-/// connection broke can be sent again too. For a method that changes something, retry only
-/// errors whose source chain holds a `tonic::ConnectError` (the call never left the client).
-/// Errors of the balancer itself (no key, no servers) and gRPC statuses from a server are not
-/// retried.
-///
-/// tower's `Retry` clones the policy for every call, so the count is per call.
-#[derive(Clone, Debug)]
-pub struct RetryPolicy {
-    retries: usize,
-}
-
-impl RetryPolicy {
-    /// Allows `retries` retries per call.
-    pub fn new(retries: usize) -> Self {
-        Self { retries }
-    }
-}
-
-impl Policy<http::Request<Bytes>, http::Response<Body>, BoxError> for RetryPolicy {
-    type Future = Ready<()>;
-
-    fn retry(
-        &mut self,
-        _request: &mut http::Request<Bytes>,
-        result: &mut Result<http::Response<Body>, BoxError>,
-    ) -> Option<Ready<()>> {
-        match result {
-            Err(error) if self.retries > 0 && error.is::<tonic::transport::Error>() => {
-                self.retries -= 1;
-                Some(ready(()))
-            }
-            _ => None,
-        }
-    }
-
-    fn clone_request(&mut self, request: &http::Request<Bytes>) -> Option<http::Request<Bytes>> {
-        // The body is `Bytes`: cloning it is a reference count, not a copy.
-        (self.retries > 0).then(|| request.clone())
-    }
 }
 
 /// Makes [`CollectBody`].
