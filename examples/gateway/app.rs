@@ -884,7 +884,7 @@ impl Clone for SharedBody {
         };
         Self {
             kind,
-            size_hint: self.size_hint.clone(),
+            size_hint: self.size_hint,
         }
     }
 }
@@ -956,6 +956,6 @@ impl http_body::Body for SharedBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.size_hint.clone()
+        self.size_hint
     }
 }

@@ -26,8 +26,7 @@
 use std::{
     convert::Infallible,
     error::Error,
-    fmt,
-    io,
+    fmt, io,
     net::{Ipv4Addr, SocketAddr},
     sync::Arc,
     task::{Context, Poll},
@@ -43,14 +42,14 @@ use tonic::{
     body::Body,
     server::{NamedService, UnaryService},
     transport::{server::TcpIncoming, Channel, Endpoint},
-    Code, GrpcMethod, Status,
+    GrpcMethod, Status,
 };
 use tonic_prost::ProstCodec;
 use tower::{util::BoxCloneSyncService, Layer, Service, ServiceBuilder};
 use tower_lb::{
-    health::OutlierDetection,
+    health::{Errors, OutlierDetection},
     http::grpc_status,
-    retry,
+    retry::{self, FromExtensions},
     strategy::{Route, Strategy},
     Balance, BalanceLayer, BoxError, Endpoints,
 };
@@ -254,7 +253,7 @@ pub struct Balanced<St: Strategy<String>> {
     pub client: EchoClient,
     /// A clone of the balancer inside the client's stack: it shares the strategy's state, the
     /// endpoint set and the health counts.
-    pub balance: Balance<St, String, Channel>,
+    pub balance: Balance<St, String, Channel, Errors, FromExtensions>,
 }
 
 /// A gRPC client whose calls `strategy` spreads over `channels`, with the module's stack.

@@ -101,7 +101,7 @@ async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
 }
 
 fn is_get(id: usize) -> bool {
-    id % 2 == 0
+    id.is_multiple_of(2)
 }
 
 fn key_of(id: usize) -> String {

@@ -7,7 +7,7 @@
 mod failures;
 
 use failures::{stack, Failing};
-use tower::{ServiceBuilder, ServiceExt};
+use tower::ServiceBuilder;
 
 /// A piece of the message of each failure's error.
 fn expected_message(failing: Failing) -> &'static str {
