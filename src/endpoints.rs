@@ -76,6 +76,32 @@ pub(crate) struct Inner<K, S> {
     pub(crate) followers: Waiters,
 }
 
+// Used by the active health checks only.
+#[cfg_attr(not(feature = "health-check"), allow(dead_code))]
+impl<K, S> Inner<K, S> {
+    /// The current membership snapshot.
+    pub(crate) fn members(&self) -> Arc<Members<K, S>> {
+        self.current.load_full()
+    }
+
+    /// Tells every balancer following this set that an endpoint became eligible or ineligible
+    /// without a membership change (an active health check took it out or let it back), so that
+    /// the requests waiting for a candidate route again.
+    pub(crate) fn eligibility_changed(&self) {
+        let watchers: Vec<Arc<dyn Watch<K, S>>> = self
+            .writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        // Outside the lock: waking may run code that changes the set.
+        for watch in watchers {
+            watch.eligibility_changed();
+        }
+    }
+}
+
 impl<K, S> Drop for Inner<K, S> {
     fn drop(&mut self) {
         self.followers.wake_all();
@@ -117,6 +143,10 @@ impl<K, S> Member<K, S> {
 /// Something that must see every new snapshot of a set, such as a balancer's precomputed tables.
 pub(crate) trait Watch<K, S>: Send + Sync {
     fn changed(&self, members: &Arc<Members<K, S>>);
+
+    /// An endpoint became eligible or ineligible in the current membership.
+    #[cfg_attr(not(feature = "health-check"), allow(dead_code))]
+    fn eligibility_changed(&self) {}
 }
 
 impl<K, S> Members<K, S> {

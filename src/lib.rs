@@ -25,11 +25,20 @@
 //!   traffic ([`discover`]).
 //! - **Passive health**: outlier ejection with a doubling backoff, a cap on the ejected share,
 //!   panic mode and slow start ([`health`]); per-endpoint [`Balance::stats`].
+//! - **Active health** (feature `health-check`): a checker you spawn probes every endpoint over
+//!   HTTP, the gRPC health protocol (feature `tonic`), TCP or a closure, and takes out those it
+//!   finds down, with Envoy's and HAProxy's settings ([`health`]).
 //! - **Cheap per request**: picking reads a lock-free snapshot and bumps an atomic cursor; no
 //!   mutex and no heap allocation on the request path (when the chosen endpoint is ready).
 //!   Cloning a `Balance` (as axum does for every request) costs one `Arc` clone.
 //! - **Typed failures**: an empty set or a set where nothing is ready fails the request at once
 //!   with an [`error`] you can downcast, never a hang or a panic.
+//! - **HTTP and gRPC**: [`http::Origin`] binds an HTTP client to one backend, and
+//!   `http::origins` (`hyper-util` feature) builds a set from one client and a list of URLs;
+//!   [`retry::Policy`] retries what is worth retrying within a budget, and retries skip the
+//!   endpoints a request already tried ([`BalanceLayer::skip_tried_endpoints`]);
+//!   [`http::status_code`], [`http::handle_error`] and `http::grpc_status` (`tonic` feature) turn
+//!   failures into HTTP and gRPC statuses.
 //!
 //! # Examples
 //!
@@ -109,10 +118,12 @@ pub use self::{
     error::BoxError,
     layer::BalanceLayer,
     service::Balance,
-    stats::{EndpointStats, KeyMap},
+    stats::{EndpointStats, KeyMap, ProbeStats},
 };
 
-/// Compiles the README's example as a doctest.
-#[cfg(doctest)]
+/// Compiles the README's examples as doctests. They use the features the README documents
+/// (`tonic` implies `health-check`), and show no hidden lines, so they run with those features
+/// on, as `cargo test --all-features --doc` runs them.
+#[cfg(all(doctest, feature = "tonic"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;

@@ -46,8 +46,8 @@
 //! | `ConsistentHash` | the key's next endpoint on the ring that it has not tried |
 //! | `Maglev` | the owner of the key's next table entry that it has not tried |
 //! | `Hash` | the key's next endpoint in key-byte order that it has not tried |
-//! | `RoundRobin`, `WeightedRoundRobin` | the rotation's next turn; if that turn is an endpoint it tried, the endpoints after it in set order |
-//! | `PowerOfTwoChoices`, `Random` | a new pick; if that is an endpoint it tried, the endpoints after it in set order |
+//! | `RoundRobin`, `WeightedRoundRobin` | the rotation's next turn; if that turn is an endpoint it tried, the reservation is released and the turns after it are walked |
+//! | `PowerOfTwoChoices`, `Random` | a new pick; if that is an endpoint it tried, the next draws |
 //!
 //! If every eligible endpoint was tried, the retry goes where a first attempt would. Healthy
 //! endpoints' keys never move: only a request that failed is routed past its key's endpoint, and
@@ -69,7 +69,7 @@
 //! ```
 //! use std::time::Duration;
 //! use http::{Request, Response};
-//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//! use tower::{service_fn, Layer, ServiceBuilder, ServiceExt};
 //! use tower_lb::{key, retry, strategy::ConsistentHash, BalanceLayer, BoxError, Endpoints};
 //!
 //! # tokio_test::block_on(async {
@@ -123,15 +123,18 @@ use crate::{
 /// [`RetryLayer`] puts one in each request's extensions; a balancer told to
 /// [skip tried endpoints](crate::BalanceLayer::skip_tried_endpoints) notes in it each endpoint an
 /// attempt goes to, and routes the next attempt elsewhere. Clones share the record.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Attempts {
     sent: Arc<Mutex<Vec<Arc<EndpointState>>>>,
 }
 
 impl Attempts {
-    /// An empty record.
+    /// An empty record, with room for a few attempts: noting one allocates nothing on the
+    /// request path.
     pub fn new() -> Self {
-        Self::default()
+        Self {
+            sent: Arc::new(Mutex::new(Vec::with_capacity(4))),
+        }
     }
 
     /// How many times a balancer sent the request to an endpoint.
@@ -172,6 +175,12 @@ impl Attempts {
     }
 }
 
+impl Default for Attempts {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl fmt::Debug for Attempts {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Attempts")
@@ -188,8 +197,15 @@ impl fmt::Debug for Attempts {
 ///
 /// # Examples
 ///
+/// Queries to database replicas, each carrying its record:
+///
 /// ```
-/// use tower_lb::retry::{Attempts, ReadAttempts};
+/// use tower::{service_fn, Layer, ServiceExt};
+/// use tower_lb::{
+///     retry::{Attempts, ReadAttempts},
+///     strategy::RoundRobin,
+///     BalanceLayer, Endpoints,
+/// };
 ///
 /// #[derive(Clone)]
 /// struct Query {
@@ -205,6 +221,22 @@ impl fmt::Debug for Attempts {
 ///         Some(&request.attempts)
 ///     }
 /// }
+///
+/// # tokio_test::block_on(async {
+/// let replica = |name: &'static str| service_fn(move |query: Query| async move {
+///     Ok::<_, std::convert::Infallible>(format!("{name}: {}", query.sql))
+/// });
+/// let set = Endpoints::from_iter([("a", replica("a")), ("b", replica("b"))]);
+/// let layer = BalanceLayer::new(RoundRobin::new()).attempts(QueryAttempts);
+///
+/// let query = Query { sql: "select 1".into(), attempts: Attempts::new() };
+/// let answer = layer.layer(set.clone()).oneshot(query.clone()).await.unwrap();
+/// assert_eq!(answer, "a: select 1");
+/// // Sent again, through a balancer whose turn is a's: it goes to b, which it has not tried.
+/// let answer = layer.layer(set).oneshot(query.clone()).await.unwrap();
+/// assert_eq!(answer, "b: select 1");
+/// assert_eq!(query.attempts.len(), 2);
+/// # });
 /// ```
 pub trait ReadAttempts<Req> {
     /// Whether this reader can find anything: `false` lets the balancer drop its bookkeeping at

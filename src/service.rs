@@ -62,6 +62,22 @@ pub(crate) const DEFAULT_MAX_TRIES: usize = 8;
 /// `call`, as tower requires. Calling `call` without a successful `poll_ready` fails the request
 /// with [`NotReady`](crate::error::NotReady) rather than panicking.
 ///
+/// # Retries
+///
+/// A retry from a middleware above the balancer is a new call. By default it is routed like a new
+/// request: the next turn or draw of a keyless strategy, and the key's endpoint again for a keyed
+/// one. With [`BalanceLayer::skip_tried_endpoints`](crate::BalanceLayer::skip_tried_endpoints)
+/// and [`retry::RetryLayer`](crate::retry::RetryLayer) above, the balancer notes each endpoint an
+/// attempt goes to in the request's [`Attempts`] record and routes the next attempt past them: the
+/// key's next candidates, or the strategy's next choices (a reservation made in `poll_ready` on an
+/// endpoint the request tried is released in `call`, and the request walks on from there).
+///
+/// The last type parameter, `A`, is what reads that record from a request: [`Untracked`] (the
+/// default) reads nothing and costs nothing, for every request type;
+/// [`FromExtensions`](crate::retry::FromExtensions) reads an `http::Request`'s extensions. It is a
+/// type parameter, chosen by the layer, rather than a bound on the request type, so that a
+/// `Balance` stays a `Service` of any request type. See [`retry`](crate::retry).
+///
 /// # Errors
 ///
 /// The endpoints' errors are passed through, boxed into [`BoxError`](crate::BoxError).
@@ -288,6 +304,9 @@ where
             }
         }
         let shared = &*self.shared;
+        // Noted before the candidates are polled: a change after this point wakes the caller
+        // even if it comes before the caller registers its waker.
+        let generation = shared.generation();
         let reused = self.cache.is_reused();
         let snapshot = self.cache.current(shared, reused);
         match walk_keyless(shared, &snapshot, &mut self.walk, start, cx) {
@@ -311,8 +330,7 @@ where
             }
             Poll::Ready(Err(error)) => self.reserved = Reserved::Failed(error),
             Poll::Pending => {
-                let version = snapshot.members.version;
-                let changed = || shared.version() != version;
+                let changed = || shared.generation() != generation;
                 shared.waiters.wait(&mut self.waiter, cx.waker(), changed);
                 return Poll::Pending;
             }

@@ -34,6 +34,10 @@ where
     snapshot: ArcSwap<Snapshot<St::Table, K, S>>,
     /// The version of the newest snapshot, stored after it is published.
     version: AtomicU64,
+    /// Counts the changes that make waiting requests route again: membership changes, and
+    /// endpoints taken out or let back by active health checks. A request notes it before it
+    /// polls its candidates, and does not wait if it moved by the time it registers its waker.
+    generation: AtomicU64,
     /// Whether the set has announced its first membership to this balancer.
     announced: AtomicBool,
     /// Keeps the set alive for the `Balance::endpoints` handle.
@@ -92,6 +96,7 @@ where
                 table,
             }),
             version: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
             announced: AtomicBool::new(false),
             endpoints: endpoints.clone(),
             waiters: Waiters::default(),
@@ -121,6 +126,12 @@ where
     #[inline]
     pub(crate) fn version(&self) -> u64 {
         self.version.load(Ordering::Acquire)
+    }
+
+    /// How many changes could have made a waiting request route again (see `generation`).
+    #[inline]
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 }
 
@@ -154,6 +165,14 @@ where
             table,
         }));
         self.version.store(members.version, Ordering::Release);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.waiters.wake_all();
+    }
+
+    fn eligibility_changed(&self) {
+        // A request waiting on a candidate that was just taken out routes again; one waiting
+        // because nothing was eligible finds the endpoint that came back.
+        self.generation.fetch_add(1, Ordering::AcqRel);
         self.waiters.wake_all();
     }
 }
@@ -166,6 +185,10 @@ where
 {
     fn version(&self) -> u64 {
         Shared::version(self)
+    }
+
+    fn generation(&self) -> u64 {
+        Shared::generation(self)
     }
 
     fn reroute(&self, hash: u64) -> Result<(Arc<dyn Candidates<S>>, u64), BoxError> {

@@ -3,9 +3,10 @@
 use std::{
     cell::Cell,
     sync::{
-        atomic::{AtomicU16, AtomicU64, AtomicU8, AtomicUsize, Ordering},
-        Arc,
+        atomic::{AtomicU16, AtomicU32, AtomicU64, AtomicUsize, Ordering},
+        Arc, Mutex, PoisonError,
     },
+    time::SystemTime,
 };
 
 use crate::ejection::{EndpointHealth, Health};
@@ -24,9 +25,8 @@ pub(crate) struct EndpointState {
     pub(crate) picks: Counter,
     /// Passive health: see [`crate::health`].
     pub(crate) health: EndpointHealth,
-    /// Active health: whether the endpoint's probes find it down (0 while they find it up, or
-    /// while it is not probed).
-    pub(crate) probed_down: AtomicU8,
+    /// Active health: what the endpoint's probes find.
+    pub(crate) probe: ProbeState,
 }
 
 impl EndpointState {
@@ -34,7 +34,7 @@ impl EndpointState {
     /// outlier detection, if on, has not ejected it.
     #[inline]
     pub(crate) fn is_eligible(&self, health: Option<&Health>) -> bool {
-        self.probed_down.load(Ordering::Relaxed) == 0
+        self.probe.down.load(Ordering::Relaxed) == 0
             && health.is_none_or(|health| !health.is_ejected(&self.health))
     }
 
@@ -42,6 +42,52 @@ impl EndpointState {
     pub(crate) fn requests(&self) -> usize {
         self.in_flight.load(Ordering::Acquire) + Arc::strong_count(&self.load) - 1
     }
+}
+
+/// What the active health checks of an endpoint find: see [`crate::health::HealthCheck`].
+#[derive(Debug, Default)]
+pub(crate) struct ProbeState {
+    /// How many health checkers find the endpoint down: it may take requests only at 0. Each
+    /// checker adds one when it takes the endpoint out and takes it back when the endpoint passes
+    /// again or the checker ends, so an endpoint is never left out by a checker that is gone.
+    pub(crate) down: AtomicU32,
+    /// The figures of the statistics, written by the checkers after each probe; `None` until a
+    /// checker takes the endpoint up.
+    record: Mutex<Option<ProbeRecord>>,
+}
+
+impl ProbeState {
+    /// Changes the figures of the statistics.
+    #[cfg_attr(not(feature = "health-check"), allow(dead_code))]
+    pub(crate) fn update(&self, change: impl FnOnce(&mut ProbeRecord)) {
+        let mut record = self.record.lock().unwrap_or_else(PoisonError::into_inner);
+        change(record.get_or_insert_with(ProbeRecord::default));
+    }
+
+    /// The figures of the statistics, if a checker probes the endpoint.
+    pub(crate) fn record(&self) -> Option<ProbeRecord> {
+        self.record
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// An endpoint's probe figures, as the statistics show them.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct ProbeRecord {
+    /// Probes finished (passed, failed, timed out or panicked).
+    pub(crate) probes: u64,
+    /// Probes that did not pass.
+    pub(crate) failed: u64,
+    /// When the last probe finished, on the system clock.
+    pub(crate) last_at: Option<SystemTime>,
+    /// Why the last probe did not pass; `None` if it passed.
+    pub(crate) last_error: Option<String>,
+    /// The current run of passed probes.
+    pub(crate) consecutive_passes: u32,
+    /// The current run of failed probes.
+    pub(crate) consecutive_failures: u32,
 }
 
 /// An endpoint's peak-EWMA round-trip estimate.

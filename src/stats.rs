@@ -1,10 +1,15 @@
 //! What a balancer tells about its endpoints: per-endpoint statistics and the key map of the keyed
 //! strategies.
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{
+    fmt,
+    sync::{atomic::Ordering, Arc},
+    time::{Duration, SystemTime},
+};
 
 use crate::{
     snapshot::{Shared, Snapshot},
+    state::ProbeState,
     strategy::{internal::Table, Strategy},
 };
 
@@ -24,6 +29,53 @@ pub struct EndpointStats<K> {
     pub failures: u64,
     /// How much longer it stays ejected, if it is.
     pub ejected_for: Option<Duration>,
+    /// What its active health checks found, if a [health checker](crate::health::HealthCheck)
+    /// probes it (or did).
+    pub probe: Option<ProbeStats>,
+}
+
+/// What the active health checks found of one endpoint: see
+/// [`HealthCheck`](crate::health::HealthCheck).
+///
+/// The counts are kept with the endpoint, so they last across the checker's restarts; with several
+/// checkers over one set, they count every checker's probes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ProbeStats {
+    /// Whether the probes let the endpoint take requests: no checker finds it down. Outlier
+    /// detection may still eject it ([`EndpointStats::ejected_for`]).
+    pub healthy: bool,
+    /// Probes finished: passed, failed, timed out or panicked.
+    pub probes: u64,
+    /// Probes that did not pass.
+    pub failed_probes: u64,
+    /// When the last probe finished, on the system clock; `None` before the first.
+    pub last_probe_at: Option<SystemTime>,
+    /// Whether the last probe passed; `None` before the first.
+    pub last_passed: Option<bool>,
+    /// Why the last probe did not pass (the probe's error, a timeout, a panic); `None` if it
+    /// passed.
+    pub last_error: Option<String>,
+    /// The current run of passed probes (0 after a failure).
+    pub consecutive_passes: u32,
+    /// The current run of failed probes (0 after a pass).
+    pub consecutive_failures: u32,
+}
+
+impl ProbeStats {
+    fn of(probe: &ProbeState) -> Option<Self> {
+        let record = probe.record()?;
+        Some(Self {
+            healthy: probe.down.load(Ordering::Relaxed) == 0,
+            probes: record.probes,
+            failed_probes: record.failed,
+            last_probe_at: record.last_at,
+            last_passed: record.last_at.map(|_| record.last_error.is_none()),
+            last_error: record.last_error,
+            consecutive_passes: record.consecutive_passes,
+            consecutive_failures: record.consecutive_failures,
+        })
+    }
 }
 
 /// Every endpoint's statistics in the current snapshot of `shared`, in set order.
@@ -42,15 +94,12 @@ where
             weight: m.weight,
             picks: m.state.picks.get(),
             in_flight: m.state.requests(),
-            failures: m
-                .state
-                .health
-                .failures
-                .load(std::sync::atomic::Ordering::Relaxed),
+            failures: m.state.health.failures.load(Ordering::Relaxed),
             ejected_for: shared
                 .health
                 .as_ref()
                 .and_then(|health| health.ejected_for(&m.state.health)),
+            probe: ProbeStats::of(&m.state.probe),
         })
         .collect()
 }

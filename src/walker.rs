@@ -57,6 +57,9 @@ pub(crate) trait Candidates<S>: Set {
 pub(crate) trait Membership<S>: Send + Sync {
     /// The version of the newest snapshot.
     fn version(&self) -> u64;
+    /// How many changes could have made a waiting request route again: membership changes and
+    /// endpoints taken out or let back.
+    fn generation(&self) -> u64;
     /// The newest snapshot and the position in it of a key that hashes to `hash`, or the error a
     /// new request would get (an empty set, a table that could not be built).
     fn reroute(&self, hash: u64) -> Result<(Arc<dyn Candidates<S>>, u64), BoxError>;
@@ -434,8 +437,8 @@ impl<S> Walk<S> {
     }
 
     /// Polls the kept candidates in the order they were met: the first that is ready (and, when
-    /// loads are bounded, still has room) is found; failed ones are recorded and dropped. If one
-    /// was ejected while the request waited, the walk starts over over what is eligible now.
+    /// loads are bounded, still has room) is found; failed ones are recorded and dropped. If they
+    /// are stale (see [`Walk::kept_are_stale`]), the walk starts over over what is eligible now.
     fn poll_kept<Req, C>(
         &mut self,
         cx: &mut Context<'_>,
@@ -447,15 +450,12 @@ impl<S> Walk<S> {
         S::Error: Into<BoxError>,
         C: Candidates<S> + ?Sized,
     {
+        if self.kept_are_stale(set, health) {
+            self.restart(self.position.start, self.version);
+            return None;
+        }
         let mut i = 0;
         while i < self.kept.len() {
-            let index = self.kept[i].index;
-            let ineligible =
-                self.position.pass != Pass::Panic && !set.state(index).is_eligible(health);
-            if ineligible {
-                self.restart(self.position.start, self.version);
-                return None;
-            }
             match self.kept[i].service.poll_ready(cx) {
                 Poll::Ready(Ok(())) => {
                     let kept = self.kept.remove(i);
@@ -481,6 +481,21 @@ impl<S> Walk<S> {
             }
         }
         None
+    }
+
+    /// Whether the kept candidates are no longer worth waiting for: one of them may not take
+    /// requests any more (ejected, or found down, while the request waited), or they were kept in
+    /// panic mode and some endpoint may take requests again.
+    fn kept_are_stale<C>(&self, set: &C, health: Option<&Health>) -> bool
+    where
+        C: Set + ?Sized,
+    {
+        if self.position.pass == Pass::Panic {
+            return (0..set.len()).any(|index| set.state(index).is_eligible(health));
+        }
+        self.kept
+            .iter()
+            .any(|kept| !set.state(kept.index).is_eligible(health))
     }
 
     /// A candidate's readiness failed: a failure for outlier detection, and the error the request
@@ -747,11 +762,14 @@ where
     C: Clone,
 {
     pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Routed<S, Req, C>> {
+        // Noted before the candidates are polled: a change after this point wakes the request
+        // even if it comes before the request registers its waker.
+        let generation = self.membership.generation();
         let routed = self.route(cx);
-        let (membership, version) = (&self.membership, self.walk.version());
+        let membership = &self.membership;
         if routed.is_pending() {
             membership.waiters().wait(&mut self.waiter, cx.waker(), || {
-                membership.version() != version
+                membership.generation() != generation
             });
         } else {
             membership.waiters().deregister(&mut self.waiter);

@@ -1,7 +1,7 @@
 //! Run with
 //!
 //! ```not_rust
-//! cargo run --example tonic_client
+//! cargo run --example tonic_client --features tonic
 //! ```
 //!
 //! A gRPC client that balances its calls over three tonic servers, each a tonic `Channel` in a

@@ -122,6 +122,7 @@ pub(crate) fn message(error: &(dyn Error + 'static)) -> String {
 /// # Examples
 ///
 /// ```
+/// use std::error::Error;
 /// use tonic::Code;
 /// use tower::{Layer, ServiceExt};
 /// use tower_lb::{error::NoEndpoints, http::grpc_status, strategy::RoundRobin, BalanceLayer,

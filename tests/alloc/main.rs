@@ -16,6 +16,7 @@ use tower::{Layer, Service};
 use tower_lb::{
     health::OutlierDetection,
     key,
+    retry::Attempts,
     strategy::{
         ConsistentHash, Hash, Maglev, PowerOfTwoChoices, Random, RoundRobin, WeightedRoundRobin,
     },
@@ -139,6 +140,45 @@ fn keyed_routing_allocates_nothing() {
             clone_per_request,
         );
     }
+}
+
+#[test]
+fn routing_requests_that_carry_a_record_of_attempts_allocates_nothing() {
+    let set = Endpoints::from_iter((0..100u32).map(|i| (format!("10.0.0.{i}:80"), Echo)));
+    let header = || key::header(HeaderName::from_static("x-key"));
+    let mut ring = BalanceLayer::new(ConsistentHash::new(header()))
+        .outlier_detection(OutlierDetection::new())
+        .skip_tried_endpoints()
+        .layer(set.clone());
+    let mut round_robin = BalanceLayer::new(RoundRobin::new())
+        .skip_tried_endpoints()
+        .layer(set);
+    // The records are made with the requests, as `retry::RetryLayer` makes them above the
+    // balancer; the balancer notes each request's endpoint in its record.
+    let requests = |count| {
+        let mut requests = keyed_requests(count);
+        for request in &mut requests {
+            request.extensions_mut().insert(Attempts::new());
+        }
+        requests
+    };
+    fn assert_none<S>(svc: &mut S, requests: impl Fn(usize) -> Vec<Request<()>>, name: &str)
+    where
+        S: Service<Request<()>, Response = u64> + Clone,
+        S::Error: std::fmt::Debug,
+    {
+        for clone_per_request in [false, true] {
+            route_keyed(svc, requests(100), clone_per_request);
+            let batch = requests(10_000);
+            let allocations = allocations_during(|| route_keyed(svc, batch, clone_per_request));
+            assert_eq!(
+                allocations, 0,
+                "{name}, clone per request: {clone_per_request}"
+            );
+        }
+    }
+    assert_none(&mut ring, requests, "consistent hash");
+    assert_none(&mut round_robin, requests, "round robin");
 }
 
 /// Warms `svc` up, then routes 10,000 keyed requests (built beforehand) counting allocations.

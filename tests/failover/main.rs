@@ -1,5 +1,5 @@
 //! Failing backends under real HTTP on loopback: a backend killed while 10,000 requests run
-//! through retry and the balancer, for four strategies; a backend that stops answering, behind
+//! through retry and the balancer, for every strategy; a backend that stops answering, behind
 //! a timeout above the balancer.
 
 #[path = "../support/backend.rs"]
@@ -28,7 +28,10 @@ use tower_lb::{
     http::Origin,
     key,
     retry::{Policy, RetryLayer},
-    strategy::{ConsistentHash, Hash, Maglev, RoundRobin, Route},
+    strategy::{
+        ConsistentHash, Hash, Maglev, PowerOfTwoChoices, Random, RoundRobin, Route,
+        WeightedRoundRobin,
+    },
     BalanceLayer, Endpoints,
 };
 
@@ -289,6 +292,23 @@ async fn round_robin_loses_no_request_when_a_backend_dies() {
     .await;
 }
 
+/// The keyless strategies besides round robin: no request fails either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_round_robin_power_of_two_choices_and_random_lose_no_request() {
+    bounded(async {
+        kill_one_of_three(WeightedRoundRobin::new())
+            .await
+            .assert_no_request_failed();
+        kill_one_of_three(PowerOfTwoChoices::new())
+            .await
+            .assert_no_request_failed();
+        kill_one_of_three(Random::new())
+            .await
+            .assert_no_request_failed();
+    })
+    .await;
+}
+
 // ---- abandoned requests ----
 
 const TIMEOUT: Duration = Duration::from_millis(300);
@@ -354,15 +374,20 @@ async fn a_request_dropped_before_its_deadline_is_not_counted() {
     bounded(async {
         let backends = backends([Behaviour::Stall, Behaviour::Echo, Behaviour::Echo]).await;
         let (key, _) = key_of_first(&backends);
-        // The default deadline (1 s) is longer than the timeout: the dropped requests are the
-        // caller's choice, not the endpoint's failures.
+        // A deadline far longer than the timeout: the dropped requests are the caller's choice,
+        // not the endpoint's failures.
+        let detection = OutlierDetection::builder()
+            .consecutive_failures(3)
+            .abandoned_after(Duration::from_secs(60))
+            .build()
+            .unwrap();
         let balance = BalanceLayer::new(ConsistentHash::new(key::query("key")))
-            .outlier_detection(OutlierDetection::new())
+            .outlier_detection(detection)
             .layer(set_of(&backends));
         let client = ServiceBuilder::new()
             .timeout(TIMEOUT)
             .service(balance.clone());
-        for _ in 0..6 {
+        for _ in 0..4 {
             let error = client.clone().oneshot(get(&key)).await.unwrap_err();
             assert!(error.is::<Elapsed>(), "{error}");
         }

@@ -407,3 +407,37 @@ async fn slow_start_ramps_a_new_endpoint_under_round_robin() {
     send(&svc, 3000).await;
     assert_eq!(c.calls() - before, 1000);
 }
+
+/// A caller that waits in panic mode (every endpoint ejected, the kept ones pending) does not go to
+/// an ejected endpoint once another one may take requests again: it picks anew over those.
+#[tokio::test(start_paused = true)]
+async fn a_caller_waiting_in_panic_mode_goes_to_an_endpoint_that_returned() {
+    let [a, b] = mocks(["a", "b"]);
+    let svc = BalanceLayer::new(RoundRobin::new())
+        .outlier_detection(detection().max_ejected_share(1.0).build().unwrap())
+        .layer(set_of(&[a.clone(), b.clone()]));
+    a.fail_calls(true);
+    eject(&svc, &a).await;
+    advance(Duration::from_secs(5)).await;
+    b.fail_calls(true);
+    send_any(&svc, 6).await;
+    assert!(svc.stats().iter().all(|s| s.ejected_for.is_some()));
+    a.fail_calls(false);
+    b.fail_calls(false);
+    a.set_readiness(Readiness::Pending);
+    b.set_readiness(Readiness::Pending);
+
+    use tower::Service;
+    let mut caller = svc.clone();
+    let mut ready = tokio_test::task::spawn(());
+    tokio_test::assert_pending!(ready.enter(|cx, _| caller.poll_ready(cx)));
+    // a's ejection ends; b stays ejected and then becomes ready.
+    advance(Duration::from_secs(6)).await;
+    assert!(svc.stats()[0].ejected_for.is_none() && svc.stats()[1].ejected_for.is_some());
+    b.set_readiness(Readiness::Ready);
+    assert!(ready.is_woken());
+    tokio_test::assert_pending!(ready.enter(|cx, _| caller.poll_ready(cx)));
+    a.set_readiness(Readiness::Ready);
+    tokio_test::assert_ready_ok!(ready.enter(|cx, _| caller.poll_ready(cx)));
+    assert_eq!(caller.call(()).await.unwrap(), "a");
+}

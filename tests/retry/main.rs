@@ -252,7 +252,7 @@ fn key_of(set: &Endpoints<&'static str, Endpoint>, owner: &str) -> String {
     let balance = BalanceLayer::new(ConsistentHash::new(key::query("key"))).layer(set.clone());
     (0..)
         .map(|i| format!("key-{i}"))
-        .find(|k| balance.endpoint_for_key(k).as_deref() == Some(owner))
+        .find(|k| balance.endpoint_for_key(k) == Some(owner))
         .unwrap()
 }
 

@@ -1,4 +1,6 @@
-//! Passive health checks: outlier ejection, panic mode and slow start.
+//! Health checks: passive (outlier ejection, panic mode, slow start) and active (probes).
+//!
+//! # Passive health
 //!
 //! With [`BalanceLayer::outlier_detection`](crate::BalanceLayer::outlier_detection), the balancer
 //! watches every request's outcome. A failure is an error from the endpoint (its response future
@@ -52,6 +54,19 @@
 //! every clone of a balancer, and every balancer over the same set, sees and feeds the same ones.
 //! See [`Balance::stats`](crate::Balance::stats).
 //!
+//! # Active health
+//!
+//! Passive health learns from requests, so some requests always pay for what it learns, and an
+//! endpoint without traffic (a new one, one whose keys are cold, one just back from ejection) is
+//! assumed healthy. With the `health-check` feature, a [`HealthCheck`] probes every endpoint of a
+//! set from a task you spawn ([`Endpoints::check_health`](crate::Endpoints::check_health)),
+//! without request traffic, and takes out the endpoints its [probes](probe) find down: HTTP
+//! requests, the gRPC health protocol (feature `tonic`), TCP connects, or any closure. An
+//! endpoint takes requests only while both agree: its probes find it up, and outlier detection
+//! has not ejected it. Probe results show in [`Balance::stats`](crate::Balance::stats)
+//! ([`ProbeStats`](crate::ProbeStats)) and in `tracing` events when an endpoint goes out or
+//! comes back.
+//!
 //! # Examples
 //!
 //! ```
@@ -94,6 +109,16 @@ use std::{
 };
 
 use crate::error::InvalidConfig;
+
+#[cfg(feature = "health-check")]
+mod active;
+#[cfg(feature = "health-check")]
+#[cfg_attr(docsrs, doc(cfg(feature = "health-check")))]
+pub mod probe;
+
+#[cfg(feature = "health-check")]
+#[cfg_attr(docsrs, doc(cfg(feature = "health-check")))]
+pub use self::active::{Checker, HealthCheck, HealthCheckBuilder};
 
 /// Tells which responses count as failures for outlier detection. Errors always do.
 pub trait Classify<Res> {
