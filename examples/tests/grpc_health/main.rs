@@ -36,7 +36,6 @@ use tower_lb::{
     Balance, BalanceLayer, Endpoints,
 };
 
-
 const NAMES: [&str; 3] = ["server-1", "server-2", "server-3"];
 const CALLS: usize = 10_000;
 const CALLERS: usize = 4;
