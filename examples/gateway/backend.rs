@@ -32,7 +32,7 @@ use tokio::{
 };
 use tower::ServiceExt;
 
-use crate::app::{Target, MAX_BODY_BYTES};
+use crate::config::{Target, MAX_BODY_BYTES};
 
 /// The request header that a backend copies into its answer, so that a client can match answers
 /// to requests.

@@ -14,7 +14,8 @@
 //!
 //! The server is hyper-util's (HTTP/1.1 and h2c) with the limits nginx holds clients to
 //! (`server.rs`); each backend is one hyper-util client bound to it by `tower_lb::http::Origin`
-//! (`app.rs`); `backend.rs` and `demo.rs` are the embedded backends and the demo load.
+//! (`app.rs`, with `body.rs` for request bodies and `config.rs` for the settings); `backend.rs`
+//! and `demo.rs` are the embedded backends and the demo load.
 //!
 //! ```not_rust
 //! cargo run --release --example gateway -- --strategy weighted --weights 1,2,3 --exit-after-demo
@@ -24,6 +25,8 @@
 
 mod app;
 mod backend;
+mod body;
+mod config;
 mod demo;
 mod server;
 
@@ -35,8 +38,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use app::{Balancer, GatewayConfig, KeySource, StrategyKind, Target};
 use backend::{spawn_backend, Backend, BackendOptions};
+use config::{Balancer, GatewayConfig, KeySource, StrategyKind, Target};
 use demo::{DemoConfig, StatsTable};
 use server::{Limits, Server};
 
@@ -342,7 +345,7 @@ async fn run(options: Options) -> Result<ExitCode, String> {
     let key = if config.balancer == Balancer::TowerP2c {
         String::new()
     } else if config.strategy.is_keyed() {
-        format!(", key {} (default \"{}\")", config.key, app::DEFAULT_KEY)
+        format!(", key {} (default \"{}\")", config.key, config::DEFAULT_KEY)
     } else {
         String::new()
     };

@@ -6,6 +6,12 @@
 #[path = "../../gateway/app.rs"]
 mod app;
 #[allow(dead_code)]
+#[path = "../../gateway/body.rs"]
+mod body;
+#[allow(dead_code)]
+#[path = "../../gateway/config.rs"]
+mod config;
+#[allow(dead_code)]
 #[path = "../../gateway/server.rs"]
 mod server;
 
@@ -19,8 +25,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use app::{GatewayConfig, Target};
 use axum::{body::Body, extract::Request, Router};
+use config::{GatewayConfig, Target};
 use futures_util::StreamExt;
 use server::{Limits, Server};
 use tokio::{io::AsyncWriteExt, net::TcpStream};
@@ -49,7 +55,7 @@ static ALLOCATOR: Counting = Counting;
 
 const CLIENTS: usize = 64;
 /// The gateway's body cap, its default: buffered whole, 64 bodies would take 512 MiB.
-const CAP: usize = app::MAX_BODY_BYTES;
+const CAP: usize = config::MAX_BODY_BYTES;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_uploads_one_byte_short_of_the_cap_leave_the_heap_flat() {

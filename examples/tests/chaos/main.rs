@@ -31,6 +31,12 @@ mod app;
 #[path = "../../gateway/backend.rs"]
 mod backend;
 #[allow(dead_code)]
+#[path = "../../gateway/body.rs"]
+mod body;
+#[allow(dead_code)]
+#[path = "../../gateway/config.rs"]
+mod config;
+#[allow(dead_code)]
 #[path = "../../gateway/server.rs"]
 mod server;
 
@@ -46,10 +52,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use app::{GatewayConfig, KeySource, StrategyKind, Target};
 use axum::http::{Method, Request, StatusCode};
 use backend::{spawn_backend, spawn_backend_on, Backend, BackendOptions, Killed};
 use bytes::Bytes;
+use config::{GatewayConfig, KeySource, StrategyKind, Target};
 use http_body_util::{BodyExt, Full};
 use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
@@ -368,13 +374,13 @@ impl Run {
 }
 
 /// How many times an ejection runs out within `down` of a first one, with the gateway's backoff
-/// (doubling from [`app::EJECT_FIRST`]), counting the times as if each new ejection began the
+/// (doubling from [`config::EJECT_FIRST`]), counting the times as if each new ejection began the
 /// moment the last one ran out (the earliest it can).
 fn ejections_run_out(down: Duration) -> usize {
-    let (mut ends, mut length, mut count) = (app::EJECT_FIRST, app::EJECT_FIRST, 0);
+    let (mut ends, mut length, mut count) = (config::EJECT_FIRST, config::EJECT_FIRST, 0);
     while ends <= down {
         count += 1;
-        length = (length * 2).min(app::EJECT_MAX);
+        length = (length * 2).min(config::EJECT_MAX);
         ends += length;
     }
     count
@@ -428,7 +434,7 @@ async fn run(config: GatewayConfig) -> Run {
     wait_until(&format!("{KILLED} is ejected for the second time"), || {
         stats_of(KILLED)
             .ejected_for
-            .is_some_and(|left| left > app::EJECT_FIRST)
+            .is_some_and(|left| left > config::EJECT_FIRST)
     })
     .await;
     let ejected_again = Instant::now();

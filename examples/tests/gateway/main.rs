@@ -10,6 +10,12 @@ mod app;
 #[path = "../../gateway/backend.rs"]
 mod backend;
 #[allow(dead_code)]
+#[path = "../../gateway/body.rs"]
+mod body;
+#[allow(dead_code)]
+#[path = "../../gateway/config.rs"]
+mod config;
+#[allow(dead_code)]
 #[path = "../../gateway/demo.rs"]
 mod demo;
 #[allow(dead_code)]
@@ -27,10 +33,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use app::{ConfigError, GatewayConfig, KeySource, StrategyKind, Target};
 use axum::http::{HeaderName, Method, Request, StatusCode};
 use backend::{spawn_backend, Backend, BackendOptions};
 use bytes::Bytes;
+use config::{ConfigError, GatewayConfig, KeySource, StrategyKind, Target};
 use http_body_util::{BodyExt, Full};
 use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
@@ -182,11 +188,11 @@ impl Fixture {
 /// tell that it was ejected.
 fn assert_ejected_since(stats: &EndpointStats<String>, sent: Instant) {
     let elapsed = sent.elapsed();
-    if elapsed < app::EJECT_FIRST {
+    if elapsed < config::EJECT_FIRST {
         let left = stats.ejected_for.expect("ejected after its first failure");
         // A millisecond of slack for the two clocks' rounding.
-        let least = (app::EJECT_FIRST - elapsed).saturating_sub(Duration::from_millis(1));
-        assert!(least <= left && left <= app::EJECT_FIRST, "{stats:?}");
+        let least = (config::EJECT_FIRST - elapsed).saturating_sub(Duration::from_millis(1));
+        assert!(least <= left && left <= config::EJECT_FIRST, "{stats:?}");
     }
 }
 
@@ -306,7 +312,7 @@ async fn hash_sends_each_query_key_to_the_backend_that_crc32_mod_n_predicts() {
         }
         assert_eq!(used.len(), 3, "50 keys reach every backend: {used:?}");
         // A request without a key uses the default key.
-        let expected = order[crc32fast::hash(app::DEFAULT_KEY.as_bytes()) as usize % 3];
+        let expected = order[crc32fast::hash(config::DEFAULT_KEY.as_bytes()) as usize % 3];
         assert_eq!(fixture.get("/resize").await.handled_by(), expected);
         assert_eq!(fixture.get("/resize?key=").await.handled_by(), expected);
     })

@@ -10,6 +10,12 @@ mod app;
 #[path = "../../gateway/backend.rs"]
 mod backend;
 #[allow(dead_code)]
+#[path = "../../gateway/body.rs"]
+mod body;
+#[allow(dead_code)]
+#[path = "../../gateway/config.rs"]
+mod config;
+#[allow(dead_code)]
 #[path = "../../gateway/server.rs"]
 mod server;
 
@@ -27,10 +33,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use app::{GatewayConfig, Target};
 use axum::{body::Body, response::Response, Router};
 use backend::{spawn_backend, BackendOptions};
 use bytes::Bytes;
+use config::{GatewayConfig, Target};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
