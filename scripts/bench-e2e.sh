@@ -443,6 +443,16 @@ for ((r = 1; r <= ROUNDS; r++)); do
 		wrk_run "$out" "$port" "$DURATION"
 		# shellcheck disable=SC2086
 		t1=$(cpu_ticks $pids)
+		if ! grep -q '^Requests/sec:' "$out"; then
+			# A run that reported nothing (seen once on a loaded machine): run it again.
+			log "round $r/$ROUNDS: $c reported no result ($(wc -c <"$out") bytes of output); running it again"
+			# shellcheck disable=SC2086
+			t0=$(cpu_ticks $pids)
+			wrk_run "$out" "$port" "$DURATION"
+			# shellcheck disable=SC2086
+			t1=$(cpu_ticks $pids)
+			grep -q '^Requests/sec:' "$out" || die "wrk reported no result against $c twice ($out)"
+		fi
 		read -r rps p99 err < <(parse_wrk "$out")
 		n=$(awk '/ requests in / { print $1 }' "$out")
 		if [[ -n $n ]] && ((n > 0)); then
