@@ -9,9 +9,10 @@
 //! | an HTTP/1.1 request without a valid `Host`; an HTTP/1.0 request with `Transfer-Encoding` | 400 Bad Request |
 //! | a `Transfer-Encoding` other than `chunked` (`gzip, chunked`, ...) | 501 Not Implemented |
 //! | a `CONNECT` request: this is not a forward proxy | 405 Method Not Allowed |
-//! | a body over [`GatewayConfig::max_body_bytes`](crate::config::GatewayConfig::max_body_bytes) (declared, or once crossed) | 413 Payload Too Large |
+//! | a body over [`GatewayConfig::max_body_bytes`] (declared, or once crossed) | 413 Payload Too Large |
+//! | a request body stalled for [`GatewayConfig::body_timeout`] | 408 Request Timeout |
 //! | no routing key, the set empty, a backend failing: tower-lb's [status mapping](status_code) | 400, 503, 502 |
-//! | no response head within [`GatewayConfig::timeout`](crate::config::GatewayConfig::timeout), retries included | 504 Gateway Timeout |
+//! | no response head within [`GatewayConfig::timeout`], retries included | 504 Gateway Timeout |
 //!
 //! Requests are passed on with their hop-by-hop headers removed (`Connection` and the headers it
 //! names, `Keep-Alive`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`, `Proxy-*`), `Host` set
@@ -23,14 +24,14 @@
 //!
 //! tower-lb's [retry policy](tower_lb::retry) sends a request again when it never reached a
 //! backend (any method) or when its exchange failed or was answered 502, 503 or 504 (idempotent
-//! methods only), at most [`GatewayConfig::retries`](crate::config::GatewayConfig::retries) times, and the balancer routes every retry
-//! to an endpoint the request has not tried: a keyed request goes to its key's next endpoint.
-//! A backend failing [`GatewayConfig::eject_after`](crate::config::GatewayConfig::eject_after) times in a row (an error, or a 502, 503 or
-//! 504) is ejected for [`EJECT_FIRST`](crate::config::EJECT_FIRST), doubling up to [`EJECT_MAX`](crate::config::EJECT_MAX); with every backend
+//! methods only), at most [`GatewayConfig::retries`] times, and the balancer routes every retry to
+//! an endpoint the request has not tried: a keyed request goes to its key's next endpoint. A
+//! backend failing [`GatewayConfig::eject_after`] times in a row (an error, or a 502, 503 or 504)
+//! is ejected for `EJECT_FIRST` (250 ms), doubling up to `EJECT_MAX` (8 s); with every backend
 //! ejected, the balancer routes over all of them (panic mode).
 //!
-//! Request bodies up to [`REPLAY_BYTES`](crate::body::REPLAY_BYTES) with a declared length are read whole first, so that
-//! any retry can resend them; longer ones are streamed to the backend as they arrive
+//! Request bodies up to `REPLAY_BYTES` (64 KiB) with a declared length are read whole first, so
+//! that any retry can resend them; longer ones are streamed to the backend as they arrive
 //! ([`SharedBody`]), and a retry can resend such a body only if the failed attempt never started
 //! to send it: a refused connection, the one failure retried for every method.
 
@@ -302,9 +303,12 @@ where
             Response::from_parts(parts, Body::new(body))
         }
         Err(error) => {
-            // A body over the cap surfaces as the backend client's error; it is the client's.
+            // A streamed body over the cap, or stalled, surfaces as the backend client's error;
+            // the fault is the client's, as nginx's 413 and 408 say.
             let status = if chain(&*error).any(|e| e.is::<LengthLimitError>()) {
                 StatusCode::PAYLOAD_TOO_LARGE
+            } else if chain(&*error).any(|e| e.is::<tower_http::timeout::TimeoutError>()) {
+                StatusCode::REQUEST_TIMEOUT
             } else {
                 status_code(&*error)
             };

@@ -434,6 +434,34 @@ async fn a_backend_that_stalls_mid_body_is_cut_by_the_body_timeout() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stalls_its_request_body_gets_408_after_the_body_timeout() {
+    bounded(async {
+        let backend = spawn_backend("backend-1", BackendOptions::default())
+            .await
+            .unwrap();
+        let config = GatewayConfig {
+            body_timeout: Duration::from_millis(300),
+            ..GatewayConfig::default()
+        };
+        let gateway = gateway(&[backend.target()], config, Limits::default()).await;
+        // A small body, read whole before it is forwarded, and a large one, streamed: each
+        // stops short of its length and stalls.
+        for (length, sent) in [(10, 3), (1 << 20, 100 << 10)] {
+            let mut stream = TcpStream::connect(gateway.addr()).await.unwrap();
+            let head = format!(
+                "POST /resize HTTP/1.1\r\nHost: gateway\r\nContent-Length: {length}\r\n\r\n"
+            );
+            stream.write_all(head.as_bytes()).await.unwrap();
+            stream.write_all(&vec![b'x'; sent]).await.unwrap();
+            let mut answer = vec![0; 12];
+            stream.read_exact(&mut answer).await.unwrap();
+            assert_eq!(answer, b"HTTP/1.1 408", "{length}");
+        }
+    })
+    .await;
+}
+
 /// What the embedded backend's `/headers` received, as `name: value` pairs.
 fn received_headers(answer: &str) -> HashMap<String, String> {
     let body = answer.split_once("\r\n\r\n").expect("a response").1;
