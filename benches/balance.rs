@@ -49,8 +49,8 @@
 //!   entries).
 //!
 //! `http::Request` is not `Clone` and `call` consumes it, so these five use criterion's
-//! `iter_batched` with batches of 1024 requests (`BatchSize::NumIterations`), as `benches/keyed.rs`
-//! does: each batch is built before it is timed and the responses (holding the requests) are
+//! `iter_batched` with batches of 1024 requests (`BatchSize::NumIterations`), as
+//! `benches/ketama/benches/keyed.rs` does: each batch is built before it is timed and the responses (holding the requests) are
 //! dropped after, so building and freeing requests is not measured. Their figures compare with one
 //! another; against the `u64` entries above, the difference between `direct_request` and `direct`
 //! is the price of the bigger request type and of the batching. Building and dropping the requests

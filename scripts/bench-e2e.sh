@@ -1,24 +1,38 @@
 #!/usr/bin/env bash
-# End-to-end throughput/latency comparison: the tower-lb gateway example vs nginx vs a backend
-# directly, with wrk, for round robin and for consistent hashing by a query key. See --help.
+# End-to-end comparison of the gateway example with tower-lb against the same gateway with
+# tower's p2c balancer behind tower's Buffer, with one backend directly and nginx as references,
+# and the balancer's share of the gateway's CPU (perf). See --help.
 set -euo pipefail
 
 usage() {
 	cat <<'EOF'
-scripts/bench-e2e.sh: the gateway example (tower-lb) vs nginx as a reverse proxy, end to end
+scripts/bench-e2e.sh: the gateway example with tower-lb vs the same gateway with tower's p2c
+balancer behind tower's Buffer, end to end; one backend directly and nginx as references
 
-Starts 3 loopback HTTP backends (the gateway binary's embedded backends, in one process), the
-gateway in front of them (round robin, and a second one with --strategy consistent --key
-query:key), and one nginx with the equivalent upstreams (round robin; hash $arg_key
-consistent), all on 127.0.0.1 ports picked free. Then runs wrk against the gateway, nginx and
-backend 1 directly, alternating (gateway, nginx, direct, gateway, nginx, direct, ...), and
-prints the median over the rounds of requests/s, of p99 latency and of the CPU time per
-request of the contender's own processes (user and system, from /proc: the proxy's, or the
-backends' for the direct runs), with the ratios gateway/nginx and gateway/direct. The consistent-hash runs request /?key=k1 .. /?key=k$KEYS in
-turn (a wrk Lua script); the round-robin runs request /.
+Starts 3 loopback HTTP backends (the gateway binary's embedded backends, in one process) and,
+in front of them, with the same flags but the balancer:
+  rr      the gateway, tower-lb round robin
+  ch      the gateway, tower-lb consistent hashing on the `key` query parameter
+  p2c     the gateway with --balancer tower-p2c: tower::balance::p2c::Balance over
+          pending-request load, behind tower::buffer::Buffer
+  nginx   nginx with the same upstreams, round robin (a reference: it measures HTTP engines)
+  direct  backend 1 without a proxy
+all on 127.0.0.1 ports picked free. Then runs wrk against each in turn, round after round
+(rr, ch, p2c, nginx, direct, rr, ...; every contender gets /?key=k1 .. /?key=k$KEYS from a wrk
+Lua script), and prints the medians over the rounds of requests/s, p99 latency and CPU time per
+request of the contender's own processes (user + system, from /proc), with the bars' ratios:
+rr / p2c and ch / p2c in requests/s (>= 1: tower-lb's gateway serves more), p2c / rr and
+p2c / ch in CPU per request (>= 1: tower-lb's gateway spends less), and gateway / nginx as a
+reference.
 
-Installs nginx and wrk with apt-get if missing (root, Debian), builds the gateway example in
-release mode. Every process it starts is stopped by PID on exit; the temp dir is removed.
+Last, unless PERF=0, one more rr run under `perf record -e cpu-clock` gives the balancer's
+share of the gateway's CPU: the samples in tower-lb's functions (symbols under tower_lb::) over
+all of the gateway's samples. tower-lb code inlined into another crate's function counts as
+that function's, so the share is a lower bound; the top symbols are listed with it.
+
+Installs nginx, wrk and perf (linux-perf) with apt-get if missing (root, Debian), builds the
+gateway example in release mode. Every process it starts is stopped by PID on exit; the temp
+dir is removed.
 
 USAGE:
     scripts/bench-e2e.sh [--help]
@@ -28,19 +42,16 @@ ENVIRONMENT (defaults in brackets):
     WARMUP          wrk duration of the warm-up run before each measured run        [2s]
     THREADS         wrk threads (-t)                                                 [2]
     CONNECTIONS     wrk connections (-c)                                             [64]
-    ROUNDS          measured runs per contender, alternated; the median is shown     [3]
-    WORKERS         gateway worker threads (--workers) and nginx
+    ROUNDS          measured runs per contender, alternated; the median is shown     [5]
+    WORKERS         gateway tokio worker threads (--workers) and nginx
                     worker_processes, matched                                        [nproc]
     BACKEND_WORKERS tokio worker threads of the backends process                     [nproc]
     BACKEND_ARGS    extra gateway flags for the backends process                     [--work 0]
-    KEYS            distinct keys cycled by the consistent-hash wrk script           [1000]
-    SKIP_INSTALL=1  do not apt-get install (nginx and wrk must be on PATH)
+    KEYS            distinct keys cycled by the wrk script                           [1000]
+    PERF=0          skip the perf run
+    SKIP_INSTALL=1  do not apt-get install (nginx, wrk and perf must be on PATH)
     GATEWAY_BIN     use this gateway binary instead of building the example
-    KEEP_TMP=1      keep the temp dir (configs, logs, wrk outputs) and print its path
-    LEAN=1          also run benches/lean-proxy (a minimal HTTP/1.1 proxy over tower-lb,
-                    without hyper) in the round-robin rounds, as the reference for what
-                    the gateway's HTTP stack costs; built in release mode
-    LEAN_MODE       its mode: raw, timer or typed (see its source)                   [typed]
+    KEEP_TMP=1      keep the temp dir (configs, logs, wrk and perf outputs) and print its path
 
 Everything listens on 127.0.0.1 only. Every wrk run is bounded by `timeout`.
 EOF
@@ -56,12 +67,13 @@ DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
 THREADS=${THREADS:-2}
 CONNECTIONS=${CONNECTIONS:-64}
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-5}
 NPROC=$(nproc 2>/dev/null || echo 2)
 WORKERS=${WORKERS:-$NPROC}
 BACKEND_WORKERS=${BACKEND_WORKERS:-$NPROC}
 BACKEND_ARGS=${BACKEND_ARGS:---work 0}
 KEYS=${KEYS:-1000}
+PERF=${PERF:-1}
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
@@ -127,9 +139,14 @@ trap 'exit 143' TERM
 
 # ---------------------------------------------------------------------------------------------
 # Tools.
-if [[ ${SKIP_INSTALL:-0} != 1 ]] && ! { command -v nginx && command -v wrk; } >/dev/null 2>&1; then
-	[[ $(id -u) == 0 ]] || die "nginx or wrk missing: install them (apt-get install nginx wrk) or run as root"
-	log "installing nginx and wrk (apt-get)"
+export PATH="$PATH:/usr/sbin:/sbin"
+packages=()
+command -v nginx >/dev/null 2>&1 || packages+=(nginx)
+command -v wrk >/dev/null 2>&1 || packages+=(wrk)
+[[ $PERF == 0 ]] || command -v perf >/dev/null 2>&1 || packages+=(linux-perf)
+if [[ ${SKIP_INSTALL:-0} != 1 && ${#packages[@]} -gt 0 ]]; then
+	[[ $(id -u) == 0 ]] || die "${packages[*]} missing: install them (apt-get install ${packages[*]}) or run as root"
+	log "installing ${packages[*]} (apt-get)"
 	# Keep the package's postinst from starting a system nginx on port 80: a policy-rc.d that
 	# denies service starts, for the duration of the install only (if there is none already).
 	policy=""
@@ -141,14 +158,14 @@ if [[ ${SKIP_INSTALL:-0} != 1 ]] && ! { command -v nginx && command -v wrk; } >/
 	rc=0
 	{
 		DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
-			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx wrk
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${packages[@]}"
 	} >&2 || rc=$?
 	[[ -z $policy ]] || rm -f "$policy"
 	((rc == 0)) || die "apt-get failed ($rc)"
 fi
-export PATH="$PATH:/usr/sbin:/sbin"
 command -v nginx >/dev/null || die "nginx not found"
 command -v wrk >/dev/null || die "wrk not found"
+[[ $PERF == 0 ]] || command -v perf >/dev/null || die "perf not found (PERF=0 skips the perf run)"
 
 if [[ -n ${GATEWAY_BIN:-} ]]; then
 	[[ -x $GATEWAY_BIN ]] || die "GATEWAY_BIN=$GATEWAY_BIN is not an executable"
@@ -159,17 +176,6 @@ else
 		die "cargo build --release --example gateway failed"
 	GATEWAY_BIN=$(grep -o '"executable":"[^"]*/gateway"' <<<"$build_json" | tail -n1 | sed 's/^"executable":"//; s/"$//')
 	[[ -n $GATEWAY_BIN && -x $GATEWAY_BIN ]] || die "could not find the built gateway binary"
-fi
-
-LEAN=${LEAN:-0}
-LEAN_MODE=${LEAN_MODE:-typed}
-[[ $LEAN_MODE =~ ^(raw|timer|typed)$ ]] || die "LEAN_MODE must be raw, timer or typed, got '$LEAN_MODE'"
-if [[ $LEAN == 1 ]]; then
-	log "building benches/lean-proxy (release)"
-	build_json=$(cd "$ROOT/benches/lean-proxy" && cargo build --release --message-format=json-render-diagnostics) ||
-		die "cargo build --release in benches/lean-proxy failed"
-	LEAN_BIN=$(grep -o '"executable":"[^"]*/tower-lb-lean-proxy"' <<<"$build_json" | tail -n1 | sed 's/^"executable":"//; s/"$//')
-	[[ -n $LEAN_BIN && -x $LEAN_BIN ]] || die "could not find the built lean proxy binary"
 fi
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/bench-e2e.XXXXXX")
@@ -247,30 +253,34 @@ mapfile -t BACKENDS < <(grep -Eo '^  backend-[0-9]+ +http://127\.0\.0\.1:[0-9]+'
 ((${#BACKENDS[@]} == 3)) || die "expected 3 backend URLs in $TMP/backends.out"
 BACKEND_PORTS=("${BACKENDS[@]##*:}")
 for p in "${BACKEND_PORTS[@]}"; do wait_http "$p"; done
-DIRECT_PORT=${BACKEND_PORTS[0]}
 
 # ---------------------------------------------------------------------------------------------
-# The gateways: one per strategy, both with $WORKERS worker threads.
+# The gateways: the same binary and flags, $WORKERS worker threads each; only the balancer
+# differs.
 backend_flags=()
 for url in "${BACKENDS[@]}"; do backend_flags+=(--backend "$url"); done
 gateway_port() { sed -nE 's|^gateway listening on http://127\.0\.0\.1:([0-9]+).*|\1|p' "$1" | head -n1; }
-
+declare -A PORT PID
+start_contender() {
+	local name=$1
+	shift
+	start_gateway "$name" "$WORKERS" "${backend_flags[@]}" --workers "$WORKERS" --listen 127.0.0.1:0 --no-demo "$@"
+	wait_line "$TMP/$name.out" '^gateway listening on' "$STARTED_PID"
+	PID[$name]=$STARTED_PID
+	PORT[$name]=$(gateway_port "$TMP/$name.out")
+	wait_http "${PORT[$name]}"
+}
 log "starting the gateways ($WORKERS workers each)"
-start_gateway gw-rr "$WORKERS" "${backend_flags[@]}" --workers "$WORKERS" --strategy round-robin --listen 127.0.0.1:0 --no-demo
-wait_line "$TMP/gw-rr.out" '^gateway listening on' "$STARTED_PID"
-GW_RR_PID=$STARTED_PID
-GW_RR_PORT=$(gateway_port "$TMP/gw-rr.out")
-start_gateway gw-ch "$WORKERS" "${backend_flags[@]}" --workers "$WORKERS" --strategy consistent --key query:key --listen 127.0.0.1:0 --no-demo
-wait_line "$TMP/gw-ch.out" '^gateway listening on' "$STARTED_PID"
-GW_CH_PID=$STARTED_PID
-GW_CH_PORT=$(gateway_port "$TMP/gw-ch.out")
-wait_http "$GW_RR_PORT"
-wait_http "$GW_CH_PORT"
+start_contender rr --strategy round-robin
+start_contender ch --strategy consistent --key query:key
+start_contender p2c --balancer tower-p2c
+PORT[direct]=${BACKEND_PORTS[0]}
+PID[direct]=$BACKENDS_PID
 
 # ---------------------------------------------------------------------------------------------
-# nginx: one master, $WORKERS workers, two servers (round robin, consistent hash).
+# nginx: one master, $WORKERS workers, round robin over the same backends, keep-alive to them.
 write_nginx_conf() {
-	local rr_port=$1 ch_port=$2 servers="" url user=""
+	local port=$1 servers="" url user=""
 	for url in "${BACKENDS[@]}"; do servers+="        server ${url#http://};"$'\n'; done
 	# As root, nginx would switch its workers to `nobody`, who cannot use the 0700 temp dir.
 	[[ $(id -u) != 0 ]] || user="user root root;"
@@ -295,30 +305,13 @@ http {
 $servers        keepalive 64;
         keepalive_requests 1000000;
     }
-    upstream ch {
-        hash \$arg_key consistent;
-$servers        keepalive 64;
-        keepalive_requests 1000000;
-    }
     server {
-        listen 127.0.0.1:$rr_port;
+        listen 127.0.0.1:$port;
         location / {
             proxy_pass http://rr;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
-            # The headers the gateway adds, so that both proxies send the backends the same.
-            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Host \$host;
-            proxy_set_header X-Forwarded-Proto \$scheme;
-        }
-    }
-    server {
-        listen 127.0.0.1:$ch_port;
-        location / {
-            proxy_pass http://ch;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            # The headers the gateway adds, so that both proxies send the backends the same.
+            # The headers the gateway sets, so that both proxies send the backends the same.
             proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
             proxy_set_header X-Forwarded-Host \$host;
             proxy_set_header X-Forwarded-Proto \$scheme;
@@ -331,10 +324,8 @@ EOF
 log "starting nginx ($WORKERS worker processes)"
 NGINX_PID=""
 for attempt in 1 2 3 4 5; do
-	NGINX_RR_PORT=$(free_port)
-	NGINX_CH_PORT=$(free_port)
-	[[ $NGINX_RR_PORT != "$NGINX_CH_PORT" ]] || continue
-	write_nginx_conf "$NGINX_RR_PORT" "$NGINX_CH_PORT"
+	port=$(free_port)
+	write_nginx_conf "$port"
 	nginx -p "$TMP" -e "$TMP/nginx-error.log" -c "$TMP/nginx.conf" -t -q || die "bad nginx config ($TMP/nginx.conf)"
 	nginx -p "$TMP" -e "$TMP/nginx-error.log" -c "$TMP/nginx.conf" >"$TMP/nginx.out" 2>&1 </dev/null &
 	pid=$!
@@ -342,8 +333,7 @@ for attempt in 1 2 3 4 5; do
 	ok=0
 	for ((i = 0; i < 100; i++)); do
 		kill -0 "$pid" 2>/dev/null || break
-		if http_get "$NGINX_RR_PORT" / | head -n1 | grep -q ' 200' &&
-			http_get "$NGINX_CH_PORT" / | head -n1 | grep -q ' 200'; then
+		if http_get "$port" / | head -n1 | grep -q ' 200'; then
 			ok=1
 			break
 		fi
@@ -351,41 +341,26 @@ for attempt in 1 2 3 4 5; do
 	done
 	if ((ok)); then
 		NGINX_PID=$pid
+		PORT[nginx]=$port
 		break
 	fi
-	log "nginx did not start (attempt $attempt), retrying with other ports:"
+	log "nginx did not start (attempt $attempt), retrying with another port:"
 	tail -n3 "$TMP/nginx-error.log" >&2 || true
 	kill -TERM "$pid" 2>/dev/null || true
 	wait "$pid" 2>/dev/null || true
 done
 [[ -n $NGINX_PID ]] || die "nginx did not start"
 
-LEAN_PORT=""
-LEAN_PID=""
-if [[ $LEAN == 1 ]]; then
-	LEAN_PORT=$(free_port)
-	log "starting the lean proxy ($WORKERS workers, mode $LEAN_MODE) on port $LEAN_PORT"
-	"$LEAN_BIN" --mode "$LEAN_MODE" --workers "$WORKERS" --listen "127.0.0.1:$LEAN_PORT" "${BACKENDS[@]}" \
-		>"$TMP/lean.out" 2>&1 </dev/null &
-	LEAN_PID=$!
-	PIDS+=("$LEAN_PID")
-	wait_line "$TMP/lean.out" '^lean-proxy listening on' "$LEAN_PID"
-	wait_http "$LEAN_PORT"
-fi
-
 # ---------------------------------------------------------------------------------------------
-# Sanity: every contender answers, round robin reaches all 3 backends, and a key always goes to
-# the same backend.
+# Sanity: round robin reaches all 3 backends, and a key always goes to the same backend.
 handled_by() { http_get "$1" "$2" | sed -nE 's/^Request handled by: (.*)$/\1/p' | tr -d '\r'; }
-for port in "$GW_RR_PORT" "$NGINX_RR_PORT" ${LEAN_PORT:+"$LEAN_PORT"}; do
-	seen=$(for _ in 1 2 3 4 5 6; do handled_by "$port" /; done | sort -u | wc -l)
-	((seen == 3)) || die "round robin on port $port reached $seen backends, not 3"
+for c in rr nginx; do
+	seen=$(for _ in 1 2 3 4 5 6; do handled_by "${PORT[$c]}" /; done | sort -u | wc -l)
+	((seen == 3)) || die "round robin of $c reached $seen backends, not 3"
 done
-for port in "$GW_CH_PORT" "$NGINX_CH_PORT"; do
-	for key in k1 k2 k3; do
-		seen=$(for _ in 1 2 3; do handled_by "$port" "/?key=$key"; done | sort -u | wc -l)
-		((seen == 1)) || die "key $key on port $port reached $seen backends, not 1"
-	done
+for key in k1 k2 k3; do
+	seen=$(for _ in 1 2 3; do handled_by "${PORT[ch]}" "/?key=$key"; done | sort -u | wc -l)
+	((seen == 1)) || die "key $key reached $seen backends through ch, not 1"
 done
 
 cat >"$TMP/keys.lua" <<EOF
@@ -403,14 +378,13 @@ EOF
 # ---------------------------------------------------------------------------------------------
 # Measurement.
 
-# wrk_run OUT PORT SCRIPT DURATION
+# wrk_run OUT PORT DURATION
 wrk_run() {
-	local out=$1 port=$2 script=$3 dur=$4 args=()
-	[[ -z $script ]] || args=(-s "$script")
+	local out=$1 port=$2 dur=$3
 	# In the background, and waited for, so that a signal to this script is handled at once
 	# (cleanup stops wrk by its PID) rather than after the run.
 	timeout --signal=INT --kill-after=5 $(($(seconds "$dur") + 30)) \
-		wrk -t"$THREADS" -c"$CONNECTIONS" -d"$dur" --latency "${args[@]}" "http://127.0.0.1:$port/" >"$out" 2>&1 </dev/null &
+		wrk -t"$THREADS" -c"$CONNECTIONS" -d"$dur" --latency -s "$TMP/keys.lua" "http://127.0.0.1:$port/" >"$out" 2>&1 </dev/null &
 	WRK_PID=$!
 	wait "$WRK_PID" || { cat "$out" >&2; die "wrk failed against 127.0.0.1:$port"; }
 	WRK_PID=""
@@ -431,101 +405,112 @@ parse_wrk() {
 	' "$1"
 }
 
-# CPU time used so far by the processes PID..., in clock ticks: "user system" (utime and stime
-# of /proc/PID/stat, read after the command name, which may hold spaces).
+# CPU time used so far by the processes PID..., in clock ticks (utime + stime of
+# /proc/PID/stat, read after the command name, which may hold spaces).
 CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
 cpu_ticks() {
-	local pid u=0 s=0 a b
+	local pid t=0 a b
 	for pid in "$@"; do
 		read -r a b < <(sed 's/^.*) //' "/proc/$pid/stat" | awk '{ print $12, $13 }') || continue
-		u=$((u + a))
-		s=$((s + b))
+		t=$((t + a + b))
 	done
-	echo "$u $s"
+	echo "$t"
 }
 
-# The processes whose CPU time is a contender's: the proxy's (nginx: its workers), or the
+# The processes whose CPU time is a contender's: the gateway's, nginx's workers, or the
 # backends' for the direct runs.
 contender_pids() {
 	case $1 in
-	gateway) [[ $2 == round-robin ]] && echo "$GW_RR_PID" || echo "$GW_CH_PID" ;;
 	nginx) pgrep -P "$NGINX_PID" | tr '\n' ' ' ;;
-	lean) echo "$LEAN_PID" ;;
-	direct) echo "$BACKENDS_PID" ;;
+	*) echo "${PID[$1]}" ;;
 	esac
 }
 
 # Median of the numbers on stdin (mean of the two middle ones for an even count).
 median() { sort -g | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 
-declare -A RPS P99 ERR USR SYS
-# bench LABEL: alternates gateway, nginx, direct for $ROUNDS rounds.
-bench() {
-	local label=$1 gw=$2 ng=$3 script=$4 lean=${5:-} r c port out pids u0 s0 u1 s1 n
-	local -A ports=([gateway]=$gw [nginx]=$ng [direct]=$DIRECT_PORT [lean]=$lean)
-	local contenders=(gateway nginx direct)
-	[[ -z $lean ]] || contenders+=(lean)
-	for ((r = 1; r <= ROUNDS; r++)); do
-		for c in "${contenders[@]}"; do
-			port=${ports[$c]}
-			out="$TMP/wrk-$label-$c-$r.txt"
-			if ((WARMUP_S > 0)); then wrk_run "$out.warmup" "$port" "$script" "$WARMUP"; fi
-			pids=$(contender_pids "$c" "$label")
-			# shellcheck disable=SC2086 # a list of PIDs
-			read -r u0 s0 < <(cpu_ticks $pids)
-			wrk_run "$out" "$port" "$script" "$DURATION"
-			# shellcheck disable=SC2086
-			read -r u1 s1 < <(cpu_ticks $pids)
-			read -r rps p99 err < <(parse_wrk "$out")
-			n=$(awk '/ requests in / { print $1 }' "$out")
-			if [[ -n $n ]] && ((n > 0)); then
-				USR[$label/$c]+="$(awk -v t=$((u1 - u0)) -v n="$n" -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", t * 1e6 / hz / n }') "
-				SYS[$label/$c]+="$(awk -v t=$((s1 - s0)) -v n="$n" -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", t * 1e6 / hz / n }') "
-			fi
-			log "$label round $r/$ROUNDS: $c $rps req/s, p99 ${p99} ms, $err errors"
-			RPS[$label/$c]+="$rps "
-			P99[$label/$c]+="$p99 "
-			ERR[$label/$c]=$((${ERR[$label/$c]:-0} + err))
-		done
-	done
-}
-
+CONTENDERS=(rr ch p2c nginx direct)
+declare -A RPS P99 ERR CPU
 log "wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency, warm-up $WARMUP, $ROUNDS rounds alternated"
-bench round-robin "$GW_RR_PORT" "$NGINX_RR_PORT" "" "$LEAN_PORT"
-bench consistent "$GW_CH_PORT" "$NGINX_CH_PORT" "$TMP/keys.lua"
+for ((r = 1; r <= ROUNDS; r++)); do
+	for c in "${CONTENDERS[@]}"; do
+		port=${PORT[$c]}
+		out="$TMP/wrk-$c-$r.txt"
+		if ((WARMUP_S > 0)); then wrk_run "$out.warmup" "$port" "$WARMUP"; fi
+		pids=$(contender_pids "$c")
+		# shellcheck disable=SC2086 # a list of PIDs
+		t0=$(cpu_ticks $pids)
+		wrk_run "$out" "$port" "$DURATION"
+		# shellcheck disable=SC2086
+		t1=$(cpu_ticks $pids)
+		if ! grep -q '^Requests/sec:' "$out"; then
+			# A run that reported nothing (seen once on a loaded machine): run it again.
+			log "round $r/$ROUNDS: $c reported no result ($(wc -c <"$out") bytes of output); running it again"
+			# shellcheck disable=SC2086
+			t0=$(cpu_ticks $pids)
+			wrk_run "$out" "$port" "$DURATION"
+			# shellcheck disable=SC2086
+			t1=$(cpu_ticks $pids)
+			grep -q '^Requests/sec:' "$out" || die "wrk reported no result against $c twice ($out)"
+		fi
+		read -r rps p99 err < <(parse_wrk "$out")
+		n=$(awk '/ requests in / { print $1 }' "$out")
+		if [[ -n $n ]] && ((n > 0)); then
+			CPU[$c]+="$(awk -v t=$((t1 - t0)) -v n="$n" -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", t * 1e6 / hz / n }') "
+		fi
+		log "round $r/$ROUNDS: $c $rps req/s, p99 $p99 ms, $err errors"
+		RPS[$c]+="$rps "
+		P99[$c]+="$p99 "
+		ERR[$c]=$((${ERR[$c]:-0} + err))
+	done
+done
+
+# ---------------------------------------------------------------------------------------------
+# The balancer's share of the gateway's CPU, from one more round-robin run under perf.
+PERF_LINE=""
+if [[ $PERF != 0 ]]; then
+	log "perf record -e cpu-clock on the rr gateway during one more $DURATION run"
+	perf record -e cpu-clock -F 1999 -p "${PID[rr]}" -o "$TMP/perf.data" -- sleep "$DURATION_S" \
+		>"$TMP/perf-record.out" 2>&1 &
+	perf_pid=$!
+	PIDS+=("$perf_pid")
+	wrk_run "$TMP/wrk-perf.txt" "${PORT[rr]}" "$DURATION"
+	wait "$perf_pid" || { cat "$TMP/perf-record.out" >&2; die "perf record failed"; }
+	perf report -i "$TMP/perf.data" --no-children --sort symbol --stdio -q 2>/dev/null |
+		awk 'NF >= 3 && $1 ~ /%$/ { p = $1; sub(/%$/, "", p); $1 = ""; $2 = ""; print p "\t" substr($0, 3) }' \
+			>"$TMP/perf-symbols.tsv"
+	# tower-lb's own functions: its items, its types' impls and their drops; not the functions
+	# of other crates that merely take a tower-lb type as a parameter.
+	awk -F'\t' '$2 ~ /^(<|core::ptr::drop_in_place<)?tower_lb::/' "$TMP/perf-symbols.tsv" >"$TMP/perf-tower-lb.tsv"
+	share=$(awk -F'\t' '{ s += $1 } END { printf "%.2f", s }' "$TMP/perf-tower-lb.tsv")
+	PERF_LINE="tower-lb's share of the rr gateway's CPU (perf -e cpu-clock, self time of tower-lb's functions): $share%"
+fi
 
 med() { tr ' ' '\n' <<<"$1" | grep . | median; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "-" }'; }
 
 echo
-echo "tower-lb gateway vs nginx vs direct: 3 loopback backends, wrk -t$THREADS -c$CONNECTIONS -d$DURATION"
-echo "median of $ROUNDS alternated rounds (req/s and p99 each); gateway: $WORKERS worker threads,"
-echo "nginx: worker_processes $WORKERS; backends: $BACKEND_WORKERS tokio workers; $NPROC CPUs shared by all"
-for label in round-robin consistent; do
-	echo
-	case $label in
-	round-robin) echo "round robin (GET /):" ;;
-	consistent) echo "consistent hash by query key (GET /?key=k1..k$KEYS; gateway --key query:key, nginx hash \$arg_key consistent):" ;;
-	esac
-	printf '  %-10s %12s %10s %8s %12s %12s %14s %15s\n' contender 'requests/s' 'p99 ms' errors 'user us/req' 'sys us/req' 'vs nginx' 'vs direct'
-	gw_rps=$(med "${RPS[$label/gateway]}")
-	ng_rps=$(med "${RPS[$label/nginx]}")
-	di_rps=$(med "${RPS[$label/direct]}")
-	gw_p99=$(med "${P99[$label/gateway]}")
-	ng_p99=$(med "${P99[$label/nginx]}")
-	di_p99=$(med "${P99[$label/direct]}")
-	contenders=(gateway nginx direct)
-	[[ $label != round-robin || -z $LEAN_PORT ]] || contenders+=(lean)
-	for c in "${contenders[@]}"; do
-		rps=$(med "${RPS[$label/$c]}")
-		p99=$(med "${P99[$label/$c]}")
-		printf '  %-10s %12.0f %10.2f %8d %12s %12s' "$c" "$rps" "$p99" "${ERR[$label/$c]}" \
-			"$(med "${USR[$label/$c]:-}")" "$(med "${SYS[$label/$c]:-}")"
-		if [[ $c == gateway || $c == lean ]]; then
-			# The lean proxy's row has its own ratios, to nginx and to the direct backend.
-			printf ' %14s %15s' "$(ratio "$rps" "$ng_rps")" "$(ratio "$rps" "$di_rps")"
-		fi
-		echo
-	done
-	printf '  %-10s %12s %10s %8s %12s %12s %14s %15s\n' 'p99 ratio' '' '' '' '' '' "$(ratio "$gw_p99" "$ng_p99")" "$(ratio "$gw_p99" "$di_p99")"
+echo "gateway example, tower-lb vs tower p2c + Buffer: 3 loopback backends, wrk -t$THREADS -c$CONNECTIONS -d$DURATION, GET /?key=k1..k$KEYS"
+echo "median of $ROUNDS alternated rounds; gateways: $WORKERS tokio workers; nginx: worker_processes $WORKERS;"
+echo "backends: $BACKEND_WORKERS tokio workers; $NPROC CPUs shared by all; load average now: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo
+printf '  %-8s %12s %10s %8s %14s\n' contender 'requests/s' 'p99 ms' errors 'CPU us/req'
+for c in "${CONTENDERS[@]}"; do
+	printf '  %-8s %12.0f %10.2f %8d %14s\n' "$c" "$(med "${RPS[$c]}")" "$(med "${P99[$c]}")" "${ERR[$c]}" "$(med "${CPU[$c]:-}")"
 done
+echo
+echo "bars (>= 1.00 passes):"
+for c in rr ch; do
+	echo "  $c / p2c requests/s: $(ratio "$(med "${RPS[$c]}")" "$(med "${RPS[p2c]}")")    p2c / $c CPU per request: $(ratio "$(med "${CPU[p2c]}")" "$(med "${CPU[$c]}")")"
+done
+echo "reference (not a bar):"
+echo "  rr / nginx requests/s: $(ratio "$(med "${RPS[rr]}")" "$(med "${RPS[nginx]}")")    nginx / rr CPU per request: $(ratio "$(med "${CPU[nginx]}")" "$(med "${CPU[rr]}")")"
+echo "  rr / direct requests/s: $(ratio "$(med "${RPS[rr]}")" "$(med "${RPS[direct]}")")"
+if [[ -n $PERF_LINE ]]; then
+	echo
+	echo "$PERF_LINE"
+	echo "  its symbols:"
+	awk 'NR <= 8 { print "    " substr($0, 1, 160) }' "$TMP/perf-tower-lb.tsv"
+	echo "  the gateway's top symbols:"
+	awk 'NR <= 8 { print "    " substr($0, 1, 160) }' "$TMP/perf-symbols.tsv"
+fi

@@ -429,7 +429,11 @@ where
         };
         let retry_from = self.retry_from.take();
         let (position, version) = match retry_from {
-            Some((position, version, state)) if attempts.contains(&state) => (position, version),
+            Some((position, version, state)) if attempts.contains(&state) => {
+                // The reservation goes unused: its pick is taken back.
+                state.picks.sub_one();
+                (position, version)
+            }
             other => {
                 if let Some((_, _, state)) = other {
                     attempts.record(&state);

@@ -132,6 +132,22 @@ impl Counter {
         }
     }
 
+    /// Takes one back: a pick whose reservation was released before its request was sent.
+    #[inline]
+    pub(crate) fn sub_one(&self) {
+        let stripe = stripe();
+        let cell = &self.stripes[stripe];
+        if stripe == SHARED {
+            cell.fetch_sub(1, Ordering::Relaxed);
+        } else {
+            // The stripes may go below zero on their own; their sum, taken wrapping, does not.
+            cell.store(
+                cell.load(Ordering::Relaxed).wrapping_sub(1),
+                Ordering::Relaxed,
+            );
+        }
+    }
+
     /// The count: every addition that happened before this call, and maybe some concurrent ones.
     pub(crate) fn get(&self) -> u64 {
         self.stripes

@@ -20,8 +20,11 @@ use axum::{
     Router,
 };
 use http_body_util::{BodyExt, Limited};
-use hyper::{body::Incoming, server::conn::http1, service::service_fn};
-use hyper_util::rt::TokioIo;
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
 use tokio::{
     net::{TcpListener, TcpSocket, TcpStream},
     sync::watch,
@@ -29,7 +32,7 @@ use tokio::{
 };
 use tower::ServiceExt;
 
-use crate::app::{Target, MAX_BODY_BYTES};
+use crate::config::{Target, MAX_BODY_BYTES};
 
 /// The request header that a backend copies into its answer, so that a client can match answers
 /// to requests.
@@ -292,7 +295,7 @@ fn close_listener(listener: TcpListener) -> usize {
     }
 }
 
-/// Serves HTTP/1.1 on one connection until the client closes it, or until a graceful stop is
+/// Serves HTTP/1.1 or h2c on one connection until the client closes it, or until a graceful stop is
 /// commanded (or the [`Backend`] dropped), after which it finishes the request in flight.
 async fn serve_connection(
     stream: TcpStream,
@@ -303,9 +306,9 @@ async fn serve_connection(
     let service = service_fn(move |request: hyper::Request<Incoming>| {
         router.clone().oneshot(request.map(Body::new))
     });
-    let mut builder = http1::Builder::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
     // No timer is given, so no header timeout (hyper's default of 30 s would warn without one).
-    builder.header_read_timeout(None);
+    builder.http1().header_read_timeout(None);
     let mut connection = pin!(builder.serve_connection(TokioIo::new(stream), service));
     tokio::select! {
         _ = connection.as_mut() => return,

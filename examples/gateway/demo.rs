@@ -19,7 +19,7 @@ use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use tokio::sync::mpsc;
 use tower_lb::EndpointStats;
 
-use crate::app::{Target, UPSTREAM_HEADER};
+use crate::{app::UPSTREAM_HEADER, config::Target};
 
 /// The demo load.
 #[derive(Clone, Debug)]

@@ -7,9 +7,15 @@
 //! An HTTP load-balancing gateway, the job tower-lb is built for: image-processing requests spread
 //! over several backend instances. It starts three backends on 127.0.0.1 (or balances the servers
 //! given with `--backend`), a gateway on 127.0.0.1:8080 that forwards every request to one of
-//! them through `tower::timeout` and `tower::retry`, ejecting failing backends for a while, sends a
-//! short demo load through the gateway, prints where the requests went and the balancer's
-//! per-endpoint statistics, and serves until Ctrl-C. `--help` lists the flags.
+//! them through `tower::timeout`, tower-lb's retry policy and its balancer (ejecting failing
+//! backends for a while), sends a short demo load through the gateway, prints where the requests
+//! went and the balancer's per-endpoint statistics, and serves until Ctrl-C. `--help` lists the
+//! flags.
+//!
+//! The server is hyper-util's (HTTP/1.1 and h2c) with the limits nginx holds clients to
+//! (`server.rs`); each backend is one hyper-util client bound to it by `tower_lb::http::Origin`
+//! (`app.rs`, with `body.rs` for request bodies and `config.rs` for the settings); `backend.rs`
+//! and `demo.rs` are the embedded backends and the demo load.
 //!
 //! ```not_rust
 //! cargo run --release --example gateway -- --strategy weighted --weights 1,2,3 --exit-after-demo
@@ -19,10 +25,10 @@
 
 mod app;
 mod backend;
+mod body;
+mod config;
 mod demo;
-mod http1;
-mod proxy;
-mod upstream;
+mod server;
 
 use std::{
     io::Write,
@@ -32,10 +38,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use app::{GatewayConfig, KeySource, StrategyKind, Target};
 use backend::{spawn_backend, Backend, BackendOptions};
+use config::{Balancer, GatewayConfig, KeySource, StrategyKind, Target};
 use demo::{DemoConfig, StatsTable};
-use proxy::Workers;
+use server::{Limits, Server};
 
 const HELP: &str = "\
 gateway: an HTTP load-balancing gateway built on tower-lb, with a built-in demo load
@@ -58,22 +64,34 @@ BACKENDS:
     --delay-ms MS        extra time per request in embedded backends (default: 0)
 
 BALANCING:
-    --strategy NAME      round-robin, weighted, hash or consistent (default: round-robin)
-    --weights W,W,..     one weight >= 1 per backend, for weighted, hash and consistent
-                         (default: 1 each)
-    --key SOURCE         request key of hash and consistent: query:NAME or header:NAME
+    --strategy NAME      round-robin, weighted, hash, consistent, maglev, p2c or random
+                         (default: round-robin)
+    --weights W,W,..     one weight >= 1 per backend, for every strategy but round-robin and
+                         p2c (default: 1 each)
+    --key SOURCE         request key of hash, consistent and maglev: query:NAME or header:NAME
                          (default: query:key); requests without one use \"default_key\"
     --timeout-ms MS      time limit for a response, retries included; 504 beyond (default: 2000)
     --retries N          times a request is sent again after a failed connection (any method)
-                         or a failed exchange (idempotent methods only) (default: 2)
+                         or a failed exchange or 502/503/504 (idempotent methods only), each time
+                         to a backend it has not tried (default: 2)
     --eject-after N      failures in a row (errors, or 502/503/504 answers) after which a
-                         backend is ejected: skipped for 250 ms, doubling up to 8 s (default: 1).
-                         With hash and consistent, retries stay on the key's backend until it is
-                         ejected, so above 1 its requests may fail while it is down
+                         backend is ejected: skipped for 250 ms, doubling up to 8 s (default: 1)
+    --backend-http2      speak HTTP/2 (h2c, prior knowledge) to the backends
+    --balancer NAME      tower-lb, or tower-p2c: tower's p2c balancer behind tower's Buffer, for
+                         comparison (no strategy, weights or ejection) (default: tower-lb)
+
+SERVER:
     --listen ADDR        gateway address; port 0 picks a free port (default: 127.0.0.1:8080)
-    --workers N          threads serving the gateway, each with its own listening socket and
-                         backend connections (default: $TOKIO_WORKER_THREADS if set, else the
+    --workers N          tokio worker threads (default: $TOKIO_WORKER_THREADS if set, else the
                          number of CPUs)
+    --header-timeout-ms MS   time for a request head to arrive (default: 60000)
+    --idle-timeout-ms MS     time a connection may stay without a request (default: 75000)
+    --send-timeout-ms MS     time a write to a client may wait (default: 60000)
+    --body-timeout-ms MS     time between two pieces of a request or response body
+                             (default: 60000)
+    --max-body-bytes N   largest request body; 413 beyond (default: 8388608)
+    --max-connections N  open client connections; at the cap a new one closes the oldest idle
+                         one (default: half the descriptor limit)
 
 DEMO:
     --requests N         demo requests, POST /resize?key=user-{i % 50} with an x-key header and
@@ -95,6 +113,7 @@ struct Options {
     backend_urls: Vec<Target>,
     backend: BackendOptions,
     gateway: GatewayConfig,
+    limits: Limits,
     listen: SocketAddr,
     workers: usize,
     demo: Option<DemoConfig>,
@@ -108,6 +127,7 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Options>, Stri
         backend_urls: Vec::new(),
         backend: BackendOptions::default(),
         gateway: GatewayConfig::default(),
+        limits: Limits::default(),
         listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
         workers: default_workers(),
         demo: Some(DemoConfig::default()),
@@ -163,11 +183,21 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Options>, Stri
                 options.gateway.key = KeySource::from_str(&value()?).map_err(|e| e.to_string())?;
                 key_given = true;
             }
-            "--timeout-ms" => {
-                options.gateway.timeout = Duration::from_millis(positive(&flag, &value()?)?)
-            }
+            "--timeout-ms" => options.gateway.timeout = millis(&flag, &value()?)?,
             "--retries" => options.gateway.retries = number(&flag, &value()?)?,
             "--eject-after" => options.gateway.eject_after = positive(&flag, &value()?)?,
+            "--balancer" => {
+                options.gateway.balancer =
+                    Balancer::from_str(&value()?).map_err(|e| e.to_string())?
+            }
+            "--backend-http2" if inline.is_some() => return Err(format!("{flag} takes no value")),
+            "--backend-http2" => options.gateway.backend_http2 = true,
+            "--header-timeout-ms" => options.limits.header_timeout = millis(&flag, &value()?)?,
+            "--idle-timeout-ms" => options.limits.idle_timeout = millis(&flag, &value()?)?,
+            "--send-timeout-ms" => options.limits.send_timeout = millis(&flag, &value()?)?,
+            "--body-timeout-ms" => options.gateway.body_timeout = millis(&flag, &value()?)?,
+            "--max-body-bytes" => options.gateway.max_body_bytes = positive(&flag, &value()?)?,
+            "--max-connections" => options.limits.max_connections = positive(&flag, &value()?)?,
             "--listen" => {
                 let text = value()?;
                 options.listen = text.parse().map_err(|_| {
@@ -193,7 +223,7 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Options>, Stri
     }
     if key_given && !options.gateway.strategy.is_keyed() {
         return Err(format!(
-            "--key has no effect with the {} strategy: use hash or consistent",
+            "--key has no effect with the {} strategy: use hash, consistent or maglev",
             options.gateway.strategy
         ));
     }
@@ -230,6 +260,11 @@ fn number<T: FromStr>(flag: &str, text: &str) -> Result<T, String> {
         .map_err(|_| format!("{flag}: expected a whole number, got {text:?}"))
 }
 
+/// A duration of at least 1 ms, for `flag`.
+fn millis(flag: &str, text: &str) -> Result<Duration, String> {
+    positive(flag, text).map(Duration::from_millis)
+}
+
 /// A whole number of at least 1, for `flag`.
 fn positive<T: FromStr + Default + PartialEq>(flag: &str, text: &str) -> Result<T, String> {
     let n: T = number(flag, text)?;
@@ -239,8 +274,7 @@ fn positive<T: FromStr + Default + PartialEq>(flag: &str, text: &str) -> Result<
     Ok(n)
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let options = match parse(std::env::args().skip(1)) {
         Ok(Some(options)) => options,
         Ok(None) => {
@@ -252,7 +286,18 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(options).await {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(options.workers)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(options)) {
         Ok(code) => code,
         Err(message) => {
             eprintln!("error: {message}");
@@ -274,21 +319,19 @@ async fn run(options: Options) -> Result<ExitCode, String> {
     } else {
         options.backend_urls.clone()
     };
-    let config = GatewayConfig {
-        workers: options.workers,
-        ..options.gateway.clone()
-    };
     let app::Gateway {
-        proxy,
+        service,
         stats,
         endpoints: _endpoints,
-    } = app::gateway(&targets, &config).map_err(|e| e.to_string())?;
-    let gateway = Workers::start(options.listen, proxy, options.workers).map_err(|e| {
-        format!(
-            "cannot listen on {}: {e} (--listen 127.0.0.1:0 picks a free port)",
-            options.listen
-        )
-    })?;
+    } = app::gateway(&targets, &options.gateway).map_err(|e| e.to_string())?;
+    let gateway = Server::bind(options.listen, service, options.limits.clone())
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot listen on {}: {e} (--listen 127.0.0.1:0 picks a free port)",
+                options.listen
+            )
+        })?;
 
     let config = &options.gateway;
     println!("backends:");
@@ -299,17 +342,22 @@ async fn run(options: Options) -> Result<ExitCode, String> {
         Some(weights) if config.strategy.uses_weights() => format!(", weights {weights:?}"),
         _ => String::new(),
     };
-    let key = if config.strategy.is_keyed() {
-        format!(", key {} (default \"{}\")", config.key, app::DEFAULT_KEY)
+    let key = if config.balancer == Balancer::TowerP2c {
+        String::new()
+    } else if config.strategy.is_keyed() {
+        format!(", key {} (default \"{}\")", config.key, config::DEFAULT_KEY)
     } else {
         String::new()
     };
     println!(
-        "gateway listening on http://{} ({} worker{}, strategy {}{weights}{key}, timeout {} ms, {} retries, ejection after {} failure{})",
+        "gateway listening on http://{} ({} worker{}, {}{weights}{key}, timeout {} ms, {} retries, ejection after {} failure{})",
         gateway.addr(),
         options.workers,
         if options.workers == 1 { "" } else { "s" },
-        config.strategy,
+        match config.balancer {
+            Balancer::TowerLb => format!("strategy {}", config.strategy),
+            Balancer::TowerP2c => "tower's p2c balancer behind a buffer".to_owned(),
+        },
         config.timeout.as_millis(),
         config.retries,
         config.eject_after,

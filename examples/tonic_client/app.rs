@@ -1,6 +1,6 @@
 //! The tonic example's parts: a unary `Echo/Whoami` gRPC service written by hand (messages derived
 //! with prost, no protoc), servers that run it on loopback, and a client that balances its calls
-//! over one tonic `Channel` per server, through `tower::timeout` and `tower::retry`.
+//! over one tonic `Channel` per server, through `tower::timeout` and tower-lb's retry policy.
 //!
 //! # The client stack
 //!
@@ -9,11 +9,11 @@
 //!
 //! | layer | what it does |
 //! |---|---|
-//! | `tower_lb::http::grpc_status` | turns the stack's errors into gRPC statuses (`DEADLINE_EXCEEDED` after the timeout, `UNAVAILABLE` with no server to call, `INVALID_ARGUMENT` without a key), keeping the typed error as the source |
+//! | `tower_lb::http::grpc_status` | turns the stack's errors into gRPC statuses (`DEADLINE_EXCEEDED`, `INVALID_ARGUMENT`, `UNAVAILABLE`, ...), keeping the typed error as the source |
 //! | `tower::timeout` | bounds the whole call, retries included ([`ClientConfig::timeout`]) |
 //! | [`CollectBody`] | reads the encoded message into `Bytes`, so that a retry can send it again |
-//! | `tower::retry` with [`RetryPolicy`] | sends the call again when the channel failed (connection refused or broken) |
-//! | `tower_lb::Balance` | picks a server: round robin, or consistent hashing on the `x-key` metadata; ejects a server after one failure, so that the retry goes elsewhere |
+//! | `tower_lb::retry` | sends the call again when the channel failed (connection refused or broken), to a server the call has not tried |
+//! | `tower_lb::Balance` | picks a server: round robin, or consistent hashing on the `x-key` metadata; ejects a server after one failure |
 //! | `tonic::transport::Channel`, one per server | the HTTP/2 connection, made on first use |
 //!
 //! gRPC metadata travels as HTTP/2 headers, so the balancer reads the key with
@@ -26,9 +26,7 @@
 use std::{
     convert::Infallible,
     error::Error,
-    fmt,
-    future::{ready, Ready},
-    io,
+    fmt, io,
     net::{Ipv4Addr, SocketAddr},
     sync::Arc,
     task::{Context, Poll},
@@ -47,10 +45,11 @@ use tonic::{
     GrpcMethod, Status,
 };
 use tonic_prost::ProstCodec;
-use tower::{retry::Policy, util::BoxCloneSyncService, Layer, Service, ServiceBuilder};
+use tower::{util::BoxCloneSyncService, Layer, Service, ServiceBuilder};
 use tower_lb::{
-    health::OutlierDetection,
+    health::{Errors, OutlierDetection},
     http::grpc_status,
+    retry::{self, FromExtensions},
     strategy::{Route, Strategy},
     Balance, BalanceLayer, BoxError, Endpoints,
 };
@@ -254,7 +253,7 @@ pub struct Balanced<St: Strategy<String>> {
     pub client: EchoClient,
     /// A clone of the balancer inside the client's stack: it shares the strategy's state, the
     /// endpoint set and the health counts.
-    pub balance: Balance<St, String, Channel>,
+    pub balance: Balance<St, String, Channel, Errors, FromExtensions>,
 }
 
 /// A gRPC client whose calls `strategy` spreads over `channels`, with the module's stack.
@@ -272,12 +271,18 @@ where
         .expect("valid outlier detection settings");
     let balance = BalanceLayer::new(strategy)
         .outlier_detection(detection)
+        .skip_tried_endpoints()
         .layer(channels.clone());
+    // gRPC sends every call as POST; `Whoami` has no side effects, so a call that may have
+    // reached its server before the connection broke can be sent again too.
+    let policy = retry::Policy::new()
+        .retries(config.retries)
+        .idempotent_methods([http::Method::POST]);
     let stack = ServiceBuilder::new()
         .map_err(grpc_status)
         .timeout(config.timeout)
         .layer(CollectBodyLayer)
-        .retry(RetryPolicy::new(config.retries))
+        .layer(retry::RetryLayer::new(policy))
         .map_request(|request: http::Request<Bytes>| {
             request.map(|bytes| Body::new(Full::new(bytes)))
         })
@@ -319,53 +324,9 @@ impl EchoClient {
     }
 }
 
-/// The typed error behind a status made by `grpc_status`, if it is an `E`.
+/// The typed error behind a status made by tower-lb's `grpc_status`, if it is an `E`.
 pub fn source_of<E: Error + 'static>(status: &Status) -> Option<&E> {
     status.source()?.downcast_ref::<E>()
-}
-
-/// Sends a call again when the channel failed: it could not connect, or the connection broke.
-///
-/// `Whoami` has no side effects, so a call that may have reached its server before the
-/// connection broke can be sent again too. For a method that changes something, retry only
-/// errors whose source chain holds a `tonic::ConnectError` (the call never left the client).
-/// Errors of the balancer itself (no key, no servers) and gRPC statuses from a server are not
-/// retried.
-///
-/// tower's `Retry` clones the policy for every call, so the count is per call.
-#[derive(Clone, Debug)]
-pub struct RetryPolicy {
-    retries: usize,
-}
-
-impl RetryPolicy {
-    /// Allows `retries` retries per call.
-    pub fn new(retries: usize) -> Self {
-        Self { retries }
-    }
-}
-
-impl Policy<http::Request<Bytes>, http::Response<Body>, BoxError> for RetryPolicy {
-    type Future = Ready<()>;
-
-    fn retry(
-        &mut self,
-        _request: &mut http::Request<Bytes>,
-        result: &mut Result<http::Response<Body>, BoxError>,
-    ) -> Option<Ready<()>> {
-        match result {
-            Err(error) if self.retries > 0 && error.is::<tonic::transport::Error>() => {
-                self.retries -= 1;
-                Some(ready(()))
-            }
-            _ => None,
-        }
-    }
-
-    fn clone_request(&mut self, request: &http::Request<Bytes>) -> Option<http::Request<Bytes>> {
-        // The body is `Bytes`: cloning it is a reference count, not a copy.
-        (self.retries > 0).then(|| request.clone())
-    }
 }
 
 /// Makes [`CollectBody`].

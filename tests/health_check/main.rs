@@ -1,13 +1,12 @@
 //! Active health checks: the checker's schedule and thresholds on tokio's paused clock, its life
-//! beside the set, and probes against real loopback servers (axum backends, tonic servers running
-//! the real gRPC health service, TCP listeners).
+//! beside the set, and probes against real loopback servers (axum backends, TCP listeners). The
+//! gRPC probes against tonic servers running the real health service are tested beside the tonic
+//! example (`examples/tests/grpc_health`), so that tower-lb's own tests never build tonic.
 
 #[path = "../support/mod.rs"]
 mod support;
 
 mod clock;
-#[cfg(feature = "tonic")]
-mod grpc;
 mod http;
 mod lifecycle;
 mod tcp;

@@ -49,7 +49,8 @@
 //!   ketama ring (160 points per unit of weight);
 //! - `tower_lb_consistent_hash`: `KeyMap::endpoint_for_key(key)` of a `Balance` with
 //!   `ConsistentHash` (160 points per unit of weight), the `KeyMap` taken once outside the timed
-//!   loop, as the main package's `benches/keyed.rs` measures it against `pingora-ketama`;
+//!   loop, as the workspace's `benches/ketama/benches/keyed.rs` measures it against
+//!   `pingora-ketama`;
 //! - `pingora_fnv_hash`: `LoadBalancer<selection::FNVHash>::select(key, 256)`, FNV-1a of the key
 //!   modulo N;
 //! - `tower_lb_hash`: `KeyMap::endpoint_for_key(key)` with `strategy::Hash`, crc32 of the key
@@ -74,8 +75,8 @@
 //!   picks (an atomic cursor, or a random draw) and drives the chosen endpoint's `poll_ready`;
 //!   `call` calls it, with the in-flight accounting; the response future is polled to completion.
 //!   That is more than a pick: the pick alone costs less than these tower-lb times.
-//! - tower-lb's keyed entries are the pick alone, as the main package's `benches/keyed.rs`
-//!   measures it: hash the key and look the endpoint up in a snapshot taken before the loop,
+//! - tower-lb's keyed entries are the pick alone, as the workspace's
+//!   `benches/ketama/benches/keyed.rs` measures it: hash the key and look the endpoint up in a snapshot taken before the loop,
 //!   returning a reference to its key (`Option<&SocketAddr>`). They do not check health
 //!   (pingora's do, with a `HashMap` lookup) nor clone anything.
 //!

@@ -2,7 +2,7 @@
 //! route answers exactly as the Go tutorial's handlers do (or, for weighted round robin, as they
 //! were meant to).
 
-#[path = "../../examples/go_handlers/app.rs"]
+#[path = "../../go_handlers/app.rs"]
 mod app;
 
 use std::{collections::HashMap, net::SocketAddr, time::Duration};

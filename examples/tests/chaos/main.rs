@@ -25,20 +25,20 @@
 
 // The example's modules, compiled into this test; it uses only part of them.
 #[allow(dead_code)]
-#[path = "../../examples/gateway/app.rs"]
+#[path = "../../gateway/app.rs"]
 mod app;
 #[allow(dead_code)]
-#[path = "../../examples/gateway/backend.rs"]
+#[path = "../../gateway/backend.rs"]
 mod backend;
 #[allow(dead_code)]
-#[path = "../../examples/gateway/http1.rs"]
-mod http1;
+#[path = "../../gateway/body.rs"]
+mod body;
 #[allow(dead_code)]
-#[path = "../../examples/gateway/proxy.rs"]
-mod proxy;
+#[path = "../../gateway/config.rs"]
+mod config;
 #[allow(dead_code)]
-#[path = "../../examples/gateway/upstream.rs"]
-mod upstream;
+#[path = "../../gateway/server.rs"]
+mod server;
 
 use std::{
     collections::HashMap,
@@ -52,16 +52,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use app::{GatewayConfig, KeySource, StrategyKind, Target};
 use axum::http::{Method, Request, StatusCode};
 use backend::{spawn_backend, spawn_backend_on, Backend, BackendOptions, Killed};
 use bytes::Bytes;
+use config::{GatewayConfig, KeySource, StrategyKind, Target};
 use http_body_util::{BodyExt, Full};
 use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
     rt::TokioExecutor,
 };
-use proxy::Server;
+use server::{Limits, Server};
 use tower_lb::{key, strategy::ConsistentHash, Balance, EndpointStats, Endpoints};
 
 /// Every test finishes well within this, or fails instead of hanging.
@@ -107,7 +107,7 @@ async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
 }
 
 fn is_get(id: usize) -> bool {
-    id % 2 == 0
+    id.is_multiple_of(2)
 }
 
 fn key_of(id: usize) -> String {
@@ -374,13 +374,13 @@ impl Run {
 }
 
 /// How many times an ejection runs out within `down` of a first one, with the gateway's backoff
-/// (doubling from [`app::EJECT_FIRST`]), counting the times as if each new ejection began the
+/// (doubling from [`config::EJECT_FIRST`]), counting the times as if each new ejection began the
 /// moment the last one ran out (the earliest it can).
 fn ejections_run_out(down: Duration) -> usize {
-    let (mut ends, mut length, mut count) = (app::EJECT_FIRST, app::EJECT_FIRST, 0);
+    let (mut ends, mut length, mut count) = (config::EJECT_FIRST, config::EJECT_FIRST, 0);
     while ends <= down {
         count += 1;
-        length = (length * 2).min(app::EJECT_MAX);
+        length = (length * 2).min(config::EJECT_MAX);
         ends += length;
     }
     count
@@ -404,9 +404,13 @@ async fn run(config: GatewayConfig) -> Run {
     let built = app::gateway(&targets, &config).expect("a valid configuration");
     let stats = built.stats;
     let stats_of = |key: &str| stats.snapshot().into_iter().find(|s| s.key == key).unwrap();
-    let gateway = Server::bind(SocketAddr::from(([127, 0, 0, 1], 0)), built.proxy)
-        .await
-        .unwrap();
+    let gateway = Server::bind(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        built.service,
+        Limits::default(),
+    )
+    .await
+    .unwrap();
 
     let answered = Arc::new(AtomicUsize::new(0));
     let load = tokio::spawn(load(gateway.addr(), Arc::clone(&answered)));
@@ -430,7 +434,7 @@ async fn run(config: GatewayConfig) -> Run {
     wait_until(&format!("{KILLED} is ejected for the second time"), || {
         stats_of(KILLED)
             .ejected_for
-            .is_some_and(|left| left > app::EJECT_FIRST)
+            .is_some_and(|left| left > config::EJECT_FIRST)
     })
     .await;
     let ejected_again = Instant::now();

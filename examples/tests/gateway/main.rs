@@ -4,24 +4,23 @@
 
 // The example's modules, compiled into this test; each test uses only part of them.
 #[allow(dead_code)]
-#[path = "../../examples/gateway/app.rs"]
+#[path = "../../gateway/app.rs"]
 mod app;
 #[allow(dead_code)]
-#[path = "../../examples/gateway/backend.rs"]
+#[path = "../../gateway/backend.rs"]
 mod backend;
 #[allow(dead_code)]
-#[path = "../../examples/gateway/demo.rs"]
+#[path = "../../gateway/body.rs"]
+mod body;
+#[allow(dead_code)]
+#[path = "../../gateway/config.rs"]
+mod config;
+#[allow(dead_code)]
+#[path = "../../gateway/demo.rs"]
 mod demo;
 #[allow(dead_code)]
-#[path = "../../examples/gateway/http1.rs"]
-mod http1;
-#[allow(dead_code)]
-#[path = "../../examples/gateway/proxy.rs"]
-mod proxy;
-#[allow(dead_code)]
-#[path = "../../examples/gateway/upstream.rs"]
-mod upstream;
-mod wire;
+#[path = "../../gateway/server.rs"]
+mod server;
 
 use std::{
     collections::HashMap,
@@ -34,16 +33,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use app::{ConfigError, GatewayConfig, KeySource, StrategyKind, Target};
 use axum::http::{HeaderName, Method, Request, StatusCode};
 use backend::{spawn_backend, Backend, BackendOptions};
 use bytes::Bytes;
+use config::{ConfigError, GatewayConfig, KeySource, StrategyKind, Target};
 use http_body_util::{BodyExt, Full};
 use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
     rt::TokioExecutor,
 };
-use proxy::Server;
+use server::{Limits, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower_lb::{key, strategy::ConsistentHash, Balance, EndpointStats};
 
@@ -60,7 +59,7 @@ async fn bounded<F: Future>(test: F) -> F::Output {
 struct Fixture {
     backends: Vec<Backend>,
     gateway: Server,
-    endpoints: tower_lb::Endpoints<String, app::HttpEndpoint>,
+    endpoints: tower_lb::Endpoints<String, app::Upstream>,
     stats: app::Stats,
     client: Client<HttpConnector, Full<Bytes>>,
 }
@@ -76,20 +75,29 @@ async fn start_with(n: usize, options: BackendOptions, config: GatewayConfig) ->
     }
     let targets: Vec<Target> = backends.iter().map(Backend::target).collect();
     let app::Gateway {
-        proxy,
+        service,
         endpoints,
         stats,
     } = app::gateway(&targets, &config).expect("a valid configuration");
-    let gateway = Server::bind(SocketAddr::from(([127, 0, 0, 1], 0)), proxy)
-        .await
-        .expect("the gateway starts");
+    let gateway = serve(service).await;
     Fixture {
         backends,
         gateway,
-        endpoints,
+        endpoints: endpoints.expect("tower-lb's endpoint set"),
         stats,
         client: Client::builder(TokioExecutor::new()).build_http(),
     }
+}
+
+/// Serves the gateway on a free port of 127.0.0.1 with the default limits.
+async fn serve(service: app::GatewayService) -> Server {
+    Server::bind(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        service,
+        Limits::default(),
+    )
+    .await
+    .expect("the gateway starts")
 }
 
 async fn start(n: usize, config: GatewayConfig) -> Fixture {
@@ -180,11 +188,11 @@ impl Fixture {
 /// tell that it was ejected.
 fn assert_ejected_since(stats: &EndpointStats<String>, sent: Instant) {
     let elapsed = sent.elapsed();
-    if elapsed < app::EJECT_FIRST {
+    if elapsed < config::EJECT_FIRST {
         let left = stats.ejected_for.expect("ejected after its first failure");
         // A millisecond of slack for the two clocks' rounding.
-        let least = (app::EJECT_FIRST - elapsed).saturating_sub(Duration::from_millis(1));
-        assert!(least <= left && left <= app::EJECT_FIRST, "{stats:?}");
+        let least = (config::EJECT_FIRST - elapsed).saturating_sub(Duration::from_millis(1));
+        assert!(least <= left && left <= config::EJECT_FIRST, "{stats:?}");
     }
 }
 
@@ -212,54 +220,54 @@ async fn round_robin_sends_each_of_three_backends_a_third_of_the_requests() {
     .await;
 }
 
-/// The example's own way of serving: worker threads with a listening socket each. Requests on
-/// separate connections land on both workers, which share one rotation; each worker forwards on
-/// connections of its own; stopping waits for both.
+/// HTTP/2 on both sides: a client speaking h2c (prior knowledge) to the gateway, and the gateway
+/// speaking h2c to the backends. Requests multiplexed on one client connection still share one
+/// rotation, and the server stops cleanly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn workers_share_one_rotation_and_stop_cleanly() {
+async fn h2c_clients_and_h2c_backends_share_one_rotation_and_the_server_stops_cleanly() {
     bounded(async {
-        let mut backends = Vec::new();
-        for i in 1..=3 {
-            let backend = spawn_backend(&format!("backend-{i}"), BackendOptions::default())
-                .await
-                .expect("a backend starts");
-            backends.push(backend);
-        }
-        let targets: Vec<Target> = backends.iter().map(Backend::target).collect();
         let config = GatewayConfig {
-            workers: 2,
+            backend_http2: true,
             ..config(StrategyKind::RoundRobin)
         };
-        let gateway = app::gateway(&targets, &config).expect("a valid configuration");
-        let workers =
-            proxy::Workers::start(SocketAddr::from(([127, 0, 0, 1], 0)), gateway.proxy, 2)
-                .expect("the workers start");
-        // A new connection per request, so that the kernel spreads them over both sockets.
+        let fixture = start(3, config).await;
         let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(0)
+            .http2_only(true)
             .build_http();
         let mut seen: HashMap<String, usize> = HashMap::new();
+        let mut answers = tokio::task::JoinSet::new();
         for _ in 0..30 {
             let request = Request::builder()
-                .uri(format!("http://{}/resize", workers.addr()))
+                .uri(format!("http://{}/resize", fixture.gateway.addr()))
                 .body(Full::new(Bytes::from_static(b"an image")))
                 .unwrap();
-            let response = client.request(request).await.expect("the gateway answers");
-            assert_eq!(response.status(), StatusCode::OK);
-            let upstream = response.headers()[app::UPSTREAM_HEADER]
-                .to_str()
-                .unwrap()
-                .to_owned();
-            *seen.entry(upstream).or_default() += 1;
+            let response = client.request(request);
+            answers.spawn(async move {
+                let response = response.await.expect("the gateway answers");
+                assert_eq!(response.status(), StatusCode::OK);
+                assert_eq!(response.version(), http::Version::HTTP_2);
+                let upstream = response.headers()[app::UPSTREAM_HEADER]
+                    .to_str()
+                    .unwrap()
+                    .to_owned();
+                let body = response.into_body().collect().await.unwrap().to_bytes();
+                let body = String::from_utf8_lossy(&body).into_owned();
+                assert!(
+                    body.starts_with(&format!("Request handled by: {upstream}")),
+                    "{body}"
+                );
+                upstream
+            });
+        }
+        while let Some(upstream) = answers.join_next().await {
+            *seen.entry(upstream.unwrap()).or_default() += 1;
         }
         assert_eq!(
             seen,
             counts(&[("backend-1", 10), ("backend-2", 10), ("backend-3", 10)])
         );
-        workers.stop().await.expect("the workers stop");
-        for backend in backends {
-            backend.stop().await.unwrap();
-        }
+        assert_eq!(fixture.total_picks(), 30);
+        fixture.gateway.stop().await.expect("the gateway stops");
     })
     .await;
 }
@@ -304,7 +312,7 @@ async fn hash_sends_each_query_key_to_the_backend_that_crc32_mod_n_predicts() {
         }
         assert_eq!(used.len(), 3, "50 keys reach every backend: {used:?}");
         // A request without a key uses the default key.
-        let expected = order[crc32fast::hash(app::DEFAULT_KEY.as_bytes()) as usize % 3];
+        let expected = order[crc32fast::hash(config::DEFAULT_KEY.as_bytes()) as usize % 3];
         assert_eq!(fixture.get("/resize").await.handled_by(), expected);
         assert_eq!(fixture.get("/resize?key=").await.handled_by(), expected);
     })
@@ -400,29 +408,25 @@ async fn a_stopped_backend_is_failed_over_and_every_request_succeeds() {
 }
 
 #[tokio::test]
-async fn no_backend_left_is_answered_503() {
+async fn no_backend_left_is_answered_502_and_an_empty_set_503() {
     bounded(async {
         let mut fixture = start(3, config(StrategyKind::RoundRobin)).await;
         fixture.count(3, "/resize").await;
         for backend in fixture.backends.drain(..) {
             backend.stop().await.unwrap();
         }
-        // The first request finds every connection refused, one per attempt, and each backend
-        // is ejected in turn. With all of them ejected, panic mode routes over them anyway: the
-        // connections are refused again.
+        // The first request finds every connection refused, one per attempt (each retry goes to
+        // a backend it has not tried), and each backend is ejected in turn. With all of them
+        // ejected, panic mode routes over them anyway: the connections are refused again. A
+        // backend that cannot be connected to is 502 in tower-lb's status mapping, as in nginx's.
         for (i, method) in [Method::POST, Method::GET, Method::POST]
             .into_iter()
             .enumerate()
         {
             let answer = fixture.send(method, "/resize", &[]).await;
-            assert_eq!(
-                answer.status,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "{}",
-                answer.body
-            );
+            assert_eq!(answer.status, StatusCode::BAD_GATEWAY, "{}", answer.body);
             assert!(
-                answer.body.contains("no backend could be reached"),
+                answer.body.contains("Connection refused"),
                 "{}",
                 answer.body
             );
@@ -475,9 +479,7 @@ async fn a_backend_that_drops_the_request_is_answered_502_and_only_idempotent_re
         });
         let built =
             app::gateway(&[Target::new("broken", addr)], &GatewayConfig::default()).unwrap();
-        let gateway = Server::bind(SocketAddr::from(([127, 0, 0, 1], 0)), built.proxy)
-            .await
-            .unwrap();
+        let gateway = serve(built.service).await;
         let client: Client<HttpConnector, Full<Bytes>> =
             Client::builder(TokioExecutor::new()).build_http();
         let send = |method: Method| {
@@ -498,6 +500,9 @@ async fn a_backend_that_drops_the_request_is_answered_502_and_only_idempotent_re
         let response = send(Method::GET).await.unwrap();
         assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
+        // Four attempts, four picks, four failures: a reservation that a retry released because
+        // the request had tried that endpoint already (before falling back to it as the only
+        // one) takes its pick back.
         let stats = &built.stats.snapshot()[0];
         assert_eq!((stats.picks, stats.failures), (4, 4), "{stats:?}");
     })
@@ -505,7 +510,7 @@ async fn a_backend_that_drops_the_request_is_answered_502_and_only_idempotent_re
 }
 
 #[tokio::test]
-async fn a_backend_answering_503_is_ejected_and_one_answering_500_is_not() {
+async fn a_backend_answering_503_is_ejected_and_retried_elsewhere_and_one_answering_500_is_not() {
     bounded(async {
         let healthy = spawn_backend("healthy", BackendOptions::default())
             .await
@@ -528,10 +533,8 @@ async fn a_backend_answering_503_is_ejected_and_one_answering_500_is_not() {
         let built = app::gateway(&targets, &config(StrategyKind::RoundRobin)).unwrap();
         let fixture = Fixture {
             backends: vec![healthy],
-            gateway: Server::bind(SocketAddr::from(([127, 0, 0, 1], 0)), built.proxy)
-                .await
-                .unwrap(),
-            endpoints: built.endpoints,
+            gateway: serve(built.service).await,
+            endpoints: built.endpoints.unwrap(),
             stats: built.stats,
             client: Client::builder(TokioExecutor::new()).build_http(),
         };
@@ -540,10 +543,9 @@ async fn a_backend_answering_503_is_ejected_and_one_answering_500_is_not() {
         for _ in 0..30 {
             let sent = Instant::now();
             let answer = fixture.get("/resize").await;
-            // 5xx answers are passed on as they are, not retried.
+            // A 503 to a GET is retried on another backend; a 500 is passed on as it is.
             let expected = match answer.upstream.as_deref() {
                 Some("healthy") => StatusCode::OK,
-                Some("overloaded") => StatusCode::SERVICE_UNAVAILABLE,
                 Some("buggy") => StatusCode::INTERNAL_SERVER_ERROR,
                 other => panic!("answered by {other:?}: {}", answer.body),
             };
@@ -564,7 +566,8 @@ async fn a_backend_answering_503_is_ejected_and_one_answering_500_is_not() {
         let buggy = fixture.stats_of("buggy");
         assert_eq!((buggy.failures, buggy.ejected_for), (0, None), "{buggy:?}");
         assert!(buggy.picks >= 10, "{buggy:?}");
-        assert_eq!(fixture.total_picks(), 30);
+        // Each 503 was followed by one retry.
+        assert_eq!(fixture.total_picks(), 30 + overloaded.picks);
     })
     .await;
 }
@@ -601,8 +604,8 @@ async fn a_backend_slower_than_the_timeout_is_answered_504() {
 async fn hop_by_hop_headers_are_not_forwarded_either_way() {
     bounded(async {
         let fixture = start(1, config(StrategyKind::RoundRobin)).await;
-        // Raw bytes: a chunked body, hop-by-hop headers, `Connection` naming another one, and a
-        // Host and absolute URI pointing elsewhere, which must not choose the destination.
+        // Raw bytes: hop-by-hop headers, `Connection` naming another one, and a Host and
+        // absolute URI pointing elsewhere, which must not choose the destination.
         let request = "POST http://elsewhere.example:9/headers HTTP/1.1\r\n\
             Host: elsewhere.example:9\r\n\
             Connection: close, X-Hop\r\n\
@@ -612,11 +615,11 @@ async fn hop_by_hop_headers_are_not_forwarded_either_way() {
             Proxy-Connection: keep-alive\r\n\
             TE: trailers\r\n\
             Trailer: X-Checksum\r\n\
-            Upgrade: h2c\r\n\
+            Upgrade: websocket\r\n\
             X-End-To-End: kept\r\n\
-            Transfer-Encoding: chunked\r\n\
+            Content-Length: 5\r\n\
             \r\n\
-            5\r\nhello\r\n0\r\n\r\n";
+            hello";
         let response = raw_exchange(fixture.gateway.addr(), request).await;
         let (head, body) = response.split_once("\r\n\r\n").expect("a response");
         let head = head.to_ascii_lowercase();

@@ -75,7 +75,7 @@
 //! apart (crc32 for nginx and pingora-ketama, as the default; md5 for libketama, whose figure is
 //! read as its time over `md5`'s beside the default's over `crc32`'s).
 
-#[path = "support/mod.rs"]
+#[path = "../../support/mod.rs"]
 mod support;
 
 use std::{

@@ -1,11 +1,12 @@
 //! gRPC health probes against three tonic servers running the real `grpc.health.v1` service
 //! (tonic-health): one server goes `NOT_SERVING`, is stopped, and is restarted on its port, while
 //! 10,000 calls flow through consistent hashing. With active checks no call fails; without them
-//! some do, in the same sequence.
+//! some do, in the same sequence. (Beside the tonic example rather than in tower-lb's
+//! `health_check` test, so that tower-lb's own tests never build tonic.)
 
 // The tonic example's echo service and client, compiled into this test.
 #[allow(dead_code)]
-#[path = "../../examples/tonic_client/app.rs"]
+#[path = "../../tonic_client/app.rs"]
 mod app;
 
 use std::{
@@ -34,8 +35,6 @@ use tower_lb::{
     strategy::ConsistentHash,
     Balance, BalanceLayer, Endpoints,
 };
-
-use crate::until;
 
 const NAMES: [&str; 3] = ["server-1", "server-2", "server-3"];
 const CALLS: usize = 10_000;
@@ -296,4 +295,18 @@ async fn without_health_checks_calls_fail_in_the_same_sequence() {
     );
     assert!(run.failed > 0, "the stopped server failed some calls");
     assert!(run.misrouted.is_empty(), "{:?}", run.misrouted);
+}
+
+/// Every wait on a condition ends by then, or fails the test instead of hanging.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Waits until `done` holds, checking every millisecond, failing the test after [`DEADLINE`].
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let waited = tokio::time::timeout(DEADLINE, async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "{what}: not within {DEADLINE:?}");
 }

@@ -3,7 +3,7 @@
 //! (timeout, retry, balancer) under a hand-written gRPC client.
 
 // The example's module, compiled into this test.
-#[path = "../../examples/tonic_client/app.rs"]
+#[path = "../../tonic_client/app.rs"]
 mod app;
 
 use std::{

@@ -10,7 +10,7 @@
 //! plainly (a linear build, a stable sort, a binary search), which the same tests first check
 //! against pingora-ketama on every IPv4 set.
 
-#[path = "../support/mod.rs"]
+#[path = "../../../../tests/support/mod.rs"]
 mod support;
 
 use std::{
