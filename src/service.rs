@@ -206,6 +206,10 @@ where
     /// The counts belong to the endpoint set, so they include the requests of every balancer over
     /// it; `ejected_for` reflects this balancer's outlier detection clock.
     ///
+    /// Under [`Subset`](crate::strategy::Subset), [`Tiers`](crate::strategy::Tiers) and
+    /// [`ZoneAware`](crate::strategy::ZoneAware), the list holds the endpoints the balancer routes
+    /// over, in its order: the subset, or the tiers and zones one after another.
+    ///
     /// # Examples
     ///
     /// ```
