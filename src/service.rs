@@ -1,7 +1,7 @@
 use std::{
     fmt,
     sync::Arc,
-    task::{Context, Poll, Waker},
+    task::{ready, Context, Poll, Waker},
 };
 
 use tower_service::Service;
@@ -11,6 +11,7 @@ use crate::{
     error::{BoxError, MissingKey, NotReady},
     future::ResponseFuture,
     health::{Classify, Errors, OutlierDetection},
+    load::InFlight,
     retry::{Attempts, ReadAttempts, Untracked},
     snapshot::{Cache, Current, Shared, Snapshot},
     state::EndpointState,
@@ -19,7 +20,7 @@ use crate::{
         internal::{Begin, Start},
         Route, Strategy,
     },
-    walker::{Accounting, Found, Membership, Routing, Set, Walk},
+    walker::{self, Accounting, First, Found, Membership, Routing, Set, Walk},
 };
 
 /// How many endpoints a request tries by default before the balancer waits or fails.
@@ -114,8 +115,9 @@ where
     /// What the reserved request counts. Kept beside the reservation and filled in place: moving
     /// it around costs more than the request's routing.
     accounting: Accounting<C>,
-    /// A keyless strategy's walk, kept while the caller waits for pending candidates.
-    walk: Walk<S>,
+    /// A keyless strategy's walk, made when a first step does not find its endpoint ready, and
+    /// kept (with its allocations) while the caller waits for pending candidates and after.
+    walk: Option<Box<Walk<S>>>,
     /// This clone's slot among the tasks woken by a membership change, while it waits.
     waiter: Option<usize>,
     /// Finds a request's record of the endpoints its earlier attempts went to.
@@ -188,7 +190,7 @@ where
             cache: Cache::new(),
             reserved: Reserved::None,
             accounting: Accounting::new(),
-            walk: Walk::new(0, 0, None),
+            walk: None,
             waiter: None,
             attempts,
             retry_from: None,
@@ -296,7 +298,7 @@ where
             return Poll::Ready(Ok(()));
         }
         let mut start = None;
-        if !self.walk.is_waiting() {
+        if !self.walk.as_ref().is_some_and(|walk| walk.is_waiting()) {
             match self.shared.strategy.start(None::<&Req>) {
                 Begin::At(value) => start = Some(value),
                 // A keyed strategy picks in `call`, by the request's key, and the response
@@ -321,15 +323,10 @@ where
                     let version = snapshot.members.version;
                     self.retry_from = Some((position, version, Arc::clone(state)));
                 }
+                let in_flight = self.walk.as_mut().and_then(|walk| walk.take_in_flight());
                 let accounting = &mut self.accounting;
-                let service = reserve(
-                    shared,
-                    &snapshot,
-                    found,
-                    &mut self.walk,
-                    accounting,
-                    &self.classify,
-                );
+                let classify = &self.classify;
+                let service = reserve(shared, &snapshot, found, in_flight, accounting, classify);
                 self.reserved = Reserved::Endpoint(service);
             }
             Poll::Ready(Err(error)) => self.reserved = Reserved::Failed(error),
@@ -493,35 +490,33 @@ where
     C: Clone,
 {
     let version = snapshot.members.version;
-    let mut walk = Walk::new(position, version, shared.strategy.load_factor());
     // Without the task's waker: if nothing is ready at once, the response future polls the
     // kept candidates again with the real one before anything waits on them.
     let mut noop = Context::from_waker(Waker::noop());
-    let health = shared.health.as_deref();
+    let (health, factor) = (shared.health.as_deref(), shared.strategy.load_factor());
     let start = (position, version);
     let avoid = attempts.as_ref().map(Attempts::tried);
-    let polled = match avoid {
-        Some(avoid) if !avoid.is_empty() => {
-            let max_tries = shared.max_tries;
-            walk.begin_avoiding(&mut noop, &**snapshot, health, start, max_tries, avoid)
-        }
-        _ => walk.begin(&mut noop, &**snapshot, health, start, shared.max_tries),
+    let probed = match avoid {
+        Some(avoid) if !avoid.is_empty() => Err(avoid),
+        _ => match walker::first(&mut noop, &**snapshot, health, factor, position) {
+            First::Found(found) => {
+                return call(shared, snapshot, classify, request, found, None, &attempts)
+            }
+            First::WalkOn(probed) => Ok(probed),
+        },
+    };
+    let mut walk = Walk::new(position, version, factor);
+    let max_tries = shared.max_tries;
+    let polled = match probed {
+        Err(avoid) => walk.begin_avoiding(&mut noop, &**snapshot, health, start, max_tries, avoid),
+        Ok(probed) => walk.go_on(&mut noop, &**snapshot, health, start, max_tries, probed),
     };
     match polled {
         Poll::Ready(Some(found)) => {
-            if let Some(attempts) = &attempts {
-                attempts.record(&snapshot.members.list[found.index].state);
-            }
-            let mut accounting = Accounting::new();
-            let mut service = reserve(
-                shared,
-                snapshot,
-                found,
-                &mut walk,
-                &mut accounting,
-                classify,
-            );
-            ResponseFuture::called(service.call(request), accounting.sent())
+            let in_flight = walk.take_in_flight();
+            call(
+                shared, snapshot, classify, request, found, in_flight, &attempts,
+            )
         }
         Poll::Ready(None) => ResponseFuture::failed(walk.take_error()),
         Poll::Pending => ResponseFuture::routing(Routing {
@@ -539,6 +534,39 @@ where
     }
 }
 
+/// Sends a keyed request to the candidate its walk found ready, noting it in the request's record
+/// of attempts if it has one.
+#[inline]
+fn call<St, K, S, C, Req>(
+    shared: &Shared<St, K, S>,
+    snapshot: &Current<'_, St::Table, K, S>,
+    classify: &C,
+    request: Req,
+    found: Found<S>,
+    in_flight: Option<InFlight>,
+    attempts: &Option<Attempts>,
+) -> ResponseFuture<S, Req, C>
+where
+    St: Strategy<K>,
+    K: Send + Sync + 'static,
+    S: Service<Req> + Send + Sync + 'static,
+    C: Clone,
+{
+    if let Some(attempts) = attempts {
+        attempts.record(&snapshot.members.list[found.index].state);
+    }
+    let mut accounting = Accounting::new();
+    let mut service = reserve(
+        shared,
+        snapshot,
+        found,
+        in_flight,
+        &mut accounting,
+        classify,
+    );
+    ResponseFuture::called(service.call(request), accounting.sent())
+}
+
 /// The walk of a keyless strategy in `poll_ready`: a new walk from `start`, or, without one, the
 /// walk that waits for its kept candidates, which starts over from a new pick if the set changed
 /// meanwhile.
@@ -546,7 +574,7 @@ where
 fn walk_keyless<St, K, S, Req>(
     shared: &Shared<St, K, S>,
     snapshot: &Snapshot<St::Table, K, S>,
-    walk: &mut Walk<S>,
+    walk: &mut Option<Box<Walk<S>>>,
     start: Option<u64>,
     cx: &mut Context<'_>,
 ) -> Poll<Result<(Found<S>, u64), BoxError>>
@@ -557,41 +585,73 @@ where
     S::Error: Into<BoxError>,
 {
     let (version, health) = (snapshot.members.version, shared.health.as_deref());
-    let (polled, position) = if start.is_none() && walk.version() == version {
-        let polled = walk.poll(cx, snapshot, health, shared.max_tries);
-        (polled, walk.start())
-    } else {
-        // A new walk; or the set changed while the caller waited: pick anew over the new one
-        // (a keyless strategy always starts from its own state).
-        let start = start.unwrap_or_else(|| match shared.strategy.start(None::<&Req>) {
-            Begin::At(start) => start,
-            Begin::AtCall | Begin::NoKey => 0,
-        });
-        let position = match snapshot.position(start) {
-            Ok(position) => position,
-            Err(error) => {
+    if let Some(waiting) = walk
+        .as_deref_mut()
+        .filter(|w| start.is_none() && w.version() == version)
+    {
+        let found = ready!(waiting.poll(cx, snapshot, health, shared.max_tries));
+        let position = waiting.start();
+        return Poll::Ready(
+            found
+                .map(|found| (found, position))
+                .ok_or_else(|| waiting.take_error()),
+        );
+    }
+    // A new walk; or the set changed while the caller waited: pick anew over the new one (a
+    // keyless strategy always starts from its own state).
+    let start = start.unwrap_or_else(|| match shared.strategy.start(None::<&Req>) {
+        Begin::At(start) => start,
+        Begin::AtCall | Begin::NoKey => 0,
+    });
+    let position = match snapshot.position(start) {
+        Ok(position) => position,
+        Err(error) => {
+            if let Some(walk) = walk {
                 walk.clear();
-                return Poll::Ready(Err(error));
             }
-        };
-        let polled = walk.begin(cx, snapshot, health, (position, version), shared.max_tries);
-        (polled, position)
+            return Poll::Ready(Err(error));
+        }
     };
-    polled.map(|found| match found {
+    let probed = match walker::first(cx, snapshot, health, None, position) {
+        First::Found(found) => return Poll::Ready(Ok((found, position))),
+        First::WalkOn(probed) => probed,
+    };
+    // Not found at once: the walk goes on, in the clone's own walk if it made one already,
+    // otherwise on the stack, boxed only if the caller has to wait.
+    let (start, max_tries) = ((position, version), shared.max_tries);
+    let (found, error) = match walk {
+        Some(walk) => {
+            let found = ready!(walk.go_on(cx, snapshot, health, start, max_tries, probed));
+            let error = found.is_none().then(|| walk.take_error());
+            (found, error)
+        }
+        None => {
+            let mut local = Walk::new(position, version, None);
+            let Poll::Ready(found) = local.go_on(cx, snapshot, health, start, max_tries, probed)
+            else {
+                *walk = Some(Box::new(local));
+                return Poll::Pending;
+            };
+            let error = found.is_none().then(|| local.take_error());
+            (found, error)
+        }
+    };
+    Poll::Ready(match found {
         Some(found) => Ok((found, position)),
-        None => Err(walk.take_error()),
+        None => Err(error.unwrap_or_else(|| NotReady::new().into())),
     })
 }
 
-/// Reserves a candidate that `walk` found ready: its clone, with its accounting filled in
-/// `accounting`: counted in flight (by the walk when loads are bounded, by the strategy if it
-/// balances on load), one more pick in its statistics, and what outlier detection needs.
+/// Reserves a candidate that a walk found ready: its clone, with its accounting filled in
+/// `accounting`: counted in flight (`in_flight`, the walk's count when loads are bounded, or by the
+/// strategy if it balances on load), one more pick in its statistics, and what outlier detection
+/// needs.
 #[inline]
 fn reserve<St, K, S, C>(
     shared: &Shared<St, K, S>,
     snapshot: &Current<'_, St::Table, K, S>,
     found: Found<S>,
-    walk: &mut Walk<S>,
+    in_flight: Option<InFlight>,
     accounting: &mut Accounting<C>,
     classify: &C,
 ) -> S
@@ -602,7 +662,7 @@ where
     C: Clone,
 {
     let member = &snapshot.members.list[found.index];
-    let in_flight = match walk.take_in_flight() {
+    let in_flight = match in_flight {
         Some(in_flight) => Some(in_flight),
         None => shared.strategy.track(member, &snapshot.members.in_flight),
     };
@@ -644,7 +704,10 @@ where
             .field("endpoints", &self.shared.load().members.len())
             .field("max_tries", &self.shared.max_tries)
             .field("reserved", &!matches!(self.reserved, Reserved::None))
-            .field("pending", &self.walk.counts().1)
+            .field(
+                "pending",
+                &self.walk.as_ref().map_or(0, |walk| walk.counts().1),
+            )
             .finish()
     }
 }

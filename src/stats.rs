@@ -132,10 +132,11 @@ where
     pub fn endpoint_for_key(&self, key: impl AsRef<[u8]>) -> Option<&K> {
         let hash = self.shared.strategy.key_hash(key.as_ref())?;
         let (members, table) = (&self.snapshot.members.list, &self.snapshot.table);
-        if members.is_empty() || table.error().is_some() {
+        // A keyed table has no positions for an empty set, nor when it could not be built.
+        if table.span(members.len()) == 0 {
             return None;
         }
-        let index = table.candidate(members, None, table.position(hash), 0);
+        let index = table.first_candidate(members, table.position(hash));
         Some(&members[index].key)
     }
 

@@ -240,79 +240,42 @@ impl<S> Walk<S> {
         (self.probes, self.kept.len())
     }
 
-    /// The first step of a walk from `start` over the snapshot of `version`: the one most
-    /// requests take alone. Without outlier detection or a load bound every endpoint is eligible,
-    /// so the strategy's own choice is polled at once, and found if it is ready, with no
-    /// bookkeeping. Otherwise the walk starts over from `start`, knowing what that probe learnt,
-    /// for [`Walk::walk_on`] to go on with.
-    #[inline]
-    fn first<Req, C>(
-        &mut self,
-        cx: &mut Context<'_>,
-        set: &C,
-        health: Option<&Health>,
-        start: u64,
-        version: u64,
-    ) -> Option<Found<S>>
-    where
-        S: Service<Req> + Clone,
-        S::Error: Into<BoxError>,
-        C: Candidates<S> + ?Sized,
-    {
-        self.version = version;
-        if health.is_some() || self.factor.is_some() {
-            self.restart(start, version);
-            return None;
-        }
-        let index = set.candidate(None, start, 0);
-        if !set.state(index).is_eligible(None) {
-            // Found down by its probes: the walk passes it over.
-            self.restart(start, version);
-            return None;
-        }
-        let mut service = set.service(index).clone();
-        let polled = service.poll_ready(cx);
-        if let Poll::Ready(Ok(())) = polled {
-            return Some(Found {
-                index,
-                service,
-                steps: 0,
-            });
-        }
-        self.restart(start, version);
-        self.position.steps = 1;
-        self.position.eligible_seen = true;
-        self.probes = 1;
-        match polled {
-            Poll::Ready(Err(error)) => self.refused(set, None, index, error.into()),
-            _ => self.keep(index, service, None, 0),
-        }
-        None
-    }
-
-    /// A new walk from `start` over the snapshot of `version`: its first step, then further
-    /// candidates, up to `max_tries` polled in all, as [`Walk::poll`].
-    #[inline]
-    pub(crate) fn begin<Req, C>(
+    /// Starts over from `start` over the snapshot of `version` after its [`first`] step, knowing
+    /// what that step's probe learnt, and walks on: further candidates, up to `max_tries` polled in
+    /// all, as [`Walk::poll`].
+    pub(crate) fn go_on<Req, C>(
         &mut self,
         cx: &mut Context<'_>,
         set: &C,
         health: Option<&Health>,
         (start, version): (u64, u64),
         max_tries: usize,
+        probed: Option<Probed<S>>,
     ) -> Poll<Option<Found<S>>>
     where
         S: Service<Req> + Clone,
         S::Error: Into<BoxError>,
         C: Candidates<S> + ?Sized,
     {
-        if let Some(found) = self.first(cx, set, health, start, version) {
-            return Poll::Ready(Some(found));
+        self.restart(start, version);
+        if let Some(Probed {
+            index,
+            service,
+            error,
+        }) = probed
+        {
+            self.position.steps = 1;
+            self.position.eligible_seen = true;
+            self.probes = 1;
+            match error {
+                Some(error) => self.refused(set, None, index, error),
+                None => self.keep(index, service, None, 0),
+            }
         }
         self.walk_on(cx, set, health, max_tries)
     }
 
-    /// A new walk as [`Walk::begin`], for a request that earlier attempts sent to the endpoints
+    /// A new walk as [`Walk::go_on`], for a request that earlier attempts sent to the endpoints
     /// whose counters are in `avoid`: they are passed over as long as anything else can be
     /// found, through restarts too (they are named by their counters, which outlive snapshots).
     pub(crate) fn begin_avoiding<Req, C>(
@@ -584,6 +547,66 @@ impl<S> Walk<S> {
             return Some((index, in_flight, step));
         }
     }
+}
+
+/// What the first step of a walk found.
+pub(crate) enum First<S> {
+    /// The strategy's own choice, eligible and ready.
+    Found(Found<S>),
+    /// The walk must go on, knowing what the first step's probe learnt if it polled one.
+    WalkOn(Option<Probed<S>>),
+}
+
+/// The strategy's own choice, polled by the first step and not ready: pending (`error` is
+/// `None`), or failed.
+pub(crate) struct Probed<S> {
+    index: usize,
+    service: S,
+    error: Option<BoxError>,
+}
+
+/// The first step of a walk from `start` over `set`: the one most requests take alone, and which
+/// needs no walk state. Without outlier detection or a load bound, every endpoint that its probes
+/// do not find down is eligible, so the strategy's own choice is polled at once and found if it
+/// is ready. Otherwise the walk goes on (see [`Walk::go_on`]).
+#[inline]
+pub(crate) fn first<S, Req, C>(
+    cx: &mut Context<'_>,
+    set: &C,
+    health: Option<&Health>,
+    factor: Option<f64>,
+    start: u64,
+) -> First<S>
+where
+    S: Service<Req> + Clone,
+    S::Error: Into<BoxError>,
+    C: Candidates<S> + ?Sized,
+{
+    if health.is_some() || factor.is_some() {
+        return First::WalkOn(None);
+    }
+    let index = set.candidate(None, start, 0);
+    if !set.state(index).is_eligible(None) {
+        // Found down by its probes: the walk passes it over.
+        return First::WalkOn(None);
+    }
+    let mut service = set.service(index).clone();
+    let error = match service.poll_ready(cx) {
+        Poll::Ready(Ok(())) => {
+            return First::Found(Found {
+                index,
+                service,
+                steps: 0,
+            })
+        }
+        Poll::Ready(Err(error)) => Some(error.into()),
+        Poll::Pending => None,
+    };
+    First::WalkOn(Some(Probed {
+        index,
+        service,
+        error,
+    }))
 }
 
 /// Counts a request against endpoint `index` of `set` when loads are bounded by `factor`: under

@@ -201,6 +201,11 @@ impl Table for RingTable {
         self.ring.owner(wrap(position, step, self.ring.len()))
     }
 
+    #[inline]
+    fn first_candidate<K, S>(&self, _members: &[Member<K, S>], position: u64) -> usize {
+        self.ring.owner(position as usize)
+    }
+
     fn ramps(&self) -> bool {
         false
     }

@@ -123,6 +123,11 @@ impl Table for HashTable {
         self.order[wrap(position, step, self.order.len())] as usize
     }
 
+    #[inline]
+    fn first_candidate<K, S>(&self, _members: &[Member<K, S>], position: u64) -> usize {
+        self.order[position as usize] as usize
+    }
+
     fn ramps(&self) -> bool {
         false
     }

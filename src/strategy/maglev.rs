@@ -222,6 +222,11 @@ impl Table for MaglevTable {
         self.entries[wrap(position, step, self.entries.len())] as usize
     }
 
+    #[inline]
+    fn first_candidate<K, S>(&self, _members: &[Member<K, S>], position: u64) -> usize {
+        self.entries[position as usize] as usize
+    }
+
     fn ramps(&self) -> bool {
         false
     }

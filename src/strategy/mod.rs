@@ -294,6 +294,14 @@ pub(crate) mod internal {
         /// keyless strategies; a key's endpoint is its endpoint.
         fn ramps(&self) -> bool;
 
+        /// The endpoint a walk from `position` meets first, whatever the eligibility: its
+        /// [`candidate`](Table::candidate) at step 0, which a keyed table answers with one lookup
+        /// (`position` came from [`position`](Table::position)).
+        #[inline]
+        fn first_candidate<K, S>(&self, members: &[Member<K, S>], position: u64) -> usize {
+            self.candidate(members, None, position, 0)
+        }
+
         /// An endpoint of the snapshot became eligible or ineligible without a membership change
         /// (an active health check took it out or let it back): tables that keep what they
         /// computed from eligibility recompute it.
