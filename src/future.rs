@@ -104,6 +104,30 @@ where
 
     #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // The common case, a request already sent, stays small enough to inline into the
+        // caller's poll; routing and failures go out of line.
+        if let KindProj::Called { future, accounting } = self.as_mut().project().kind.project() {
+            let output = std::task::ready!(future.poll(cx));
+            accounting.complete(&output);
+            return Poll::Ready(output.map_err(Into::into));
+        }
+        self.poll_routing(cx)
+    }
+}
+
+impl<S, Req, C> ResponseFuture<S, Req, C>
+where
+    S: Service<Req> + Clone,
+    S::Error: Into<BoxError>,
+    C: Classify<S::Response> + Clone,
+{
+    /// Polls a future that is still routing its request or that failed; it may become one that
+    /// is called.
+    #[inline(never)]
+    fn poll_routing(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<S::Response, BoxError>> {
         loop {
             let routed = match self.as_mut().project().kind.project() {
                 KindProj::Called { future, accounting } => {
