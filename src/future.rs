@@ -106,12 +106,17 @@ where
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         // The common case, a request already sent, stays small enough to inline into the
         // caller's poll; routing and failures go out of line.
-        if let KindProj::Called { future, accounting } = self.as_mut().project().kind.project() {
-            let output = std::task::ready!(future.poll(cx));
-            accounting.complete(&output);
-            return Poll::Ready(output.map_err(Into::into));
+        loop {
+            if let KindProj::Called { future, accounting } = self.as_mut().project().kind.project()
+            {
+                let output = std::task::ready!(future.poll(cx));
+                accounting.complete(&output);
+                return Poll::Ready(output.map_err(Into::into));
+            }
+            if let Err(error) = std::task::ready!(self.as_mut().poll_routing(cx)) {
+                return Poll::Ready(Err(error));
+            }
         }
-        self.poll_routing(cx)
     }
 }
 
@@ -121,35 +126,31 @@ where
     S::Error: Into<BoxError>,
     C: Classify<S::Response> + Clone,
 {
-    /// Polls a future that is still routing its request or that failed; it may become one that
-    /// is called.
+    /// Drives a future that is still routing its request until it is called (`Ok`: poll it as
+    /// called), or gives the reason it failed. Not called on a future already called.
     #[inline(never)]
-    fn poll_routing(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<S::Response, BoxError>> {
-        loop {
-            let routed = match self.as_mut().project().kind.project() {
-                KindProj::Called { future, accounting } => {
-                    let output = std::task::ready!(future.poll(cx));
-                    accounting.complete(&output);
-                    return Poll::Ready(output.map_err(Into::into));
-                }
-                KindProj::Failed { error } => {
-                    return Poll::Ready(Err(error
-                        .take()
-                        .expect("ResponseFuture polled after completion")))
-                }
-                KindProj::Routing { routing } => match routing.poll(cx) {
-                    Poll::Ready(routed) => routed,
-                    Poll::Pending => return Poll::Pending,
-                },
-            };
-            let next = match routed {
-                Routed::Called(future, accounting) => Self::called(future, accounting),
-                Routed::Failed(error) => Self::failed(error),
-            };
-            self.set(next);
+    fn poll_routing(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        let routed = match self.as_mut().project().kind.project() {
+            KindProj::Routing { routing } => std::task::ready!(routing.poll(cx)),
+            KindProj::Failed { error } => {
+                return Poll::Ready(Err(error
+                    .take()
+                    .expect("ResponseFuture polled after completion")))
+            }
+            KindProj::Called { .. } => return Poll::Ready(Ok(())),
+        };
+        match routed {
+            Routed::Called(future, accounting) => {
+                self.set(Self::called(future, accounting));
+                Poll::Ready(Ok(()))
+            }
+            Routed::Failed(error) => {
+                // Completed: a later poll is a poll after completion.
+                self.set(Self {
+                    kind: Kind::Failed { error: None },
+                });
+                Poll::Ready(Err(error))
+            }
         }
     }
 }
