@@ -467,13 +467,7 @@ where
         K: Borrow<Q>,
         Q: PartialEq + ?Sized,
     {
-        self.inner
-            .current
-            .load()
-            .list
-            .iter()
-            .find(|m| m.key.borrow() == key)
-            .map(|m| m.weight)
+        self.read_member(key, |m| m.weight)
     }
 
     /// The locality (zone and tier) of the endpoint with this key, if it is in the set.
@@ -482,13 +476,7 @@ where
         K: Borrow<Q>,
         Q: PartialEq + ?Sized,
     {
-        self.inner
-            .current
-            .load()
-            .list
-            .iter()
-            .find(|m| m.key.borrow() == key)
-            .map(|m| m.locality.clone())
+        self.read_member(key, |m| m.locality.clone())
     }
 
     /// The requests in flight on the endpoint with this key, as counted by the strategies that
@@ -501,13 +489,22 @@ where
         K: Borrow<Q>,
         Q: PartialEq + ?Sized,
     {
-        self.inner
-            .current
-            .load()
+        self.read_member(key, |m| m.state.requests())
+    }
+
+    /// What `read` takes from the endpoint with this key in the current snapshot, if it is in
+    /// the set.
+    fn read_member<Q, R>(&self, key: &Q, read: impl FnOnce(&Member<K, S>) -> R) -> Option<R>
+    where
+        K: Borrow<Q>,
+        Q: PartialEq + ?Sized,
+    {
+        let current = self.inner.current.load();
+        current
             .list
             .iter()
             .find(|m| m.key.borrow() == key)
-            .map(|m| m.state.requests())
+            .map(read)
     }
 
     /// The keys of the endpoints, in set order.
