@@ -359,6 +359,49 @@ macro_rules! keyed_start {
 }
 pub(crate) use keyed_start;
 
+/// In an `impl Build<K>` of a strategy that wraps another in its `inner` field (a subset, zones,
+/// tiers): the methods that are the inner strategy's alone, the key hash, the in-flight count
+/// and the load bound.
+macro_rules! inner_build_methods {
+    () => {
+        fn key_hash(&self, key: &[u8]) -> Option<u64> {
+            self.inner.key_hash(key)
+        }
+
+        #[inline]
+        fn track<S>(
+            &self,
+            member: &$crate::endpoints::Member<K, S>,
+            total: &std::sync::Arc<std::sync::atomic::AtomicUsize>,
+        ) -> Option<$crate::load::InFlight> {
+            self.inner.track(member, total)
+        }
+
+        fn load_factor(&self) -> Option<f64> {
+            self.inner.load_factor()
+        }
+    };
+}
+pub(crate) use inner_build_methods;
+
+/// Implements [`Start`](internal::Start) for a strategy that wraps another in its `inner` field:
+/// the walk starts where the inner strategy starts it.
+macro_rules! inner_start {
+    ($strategy:ident) => {
+        impl<K, Req, St> $crate::strategy::internal::Start<K, Req> for $strategy<St>
+        where
+            Self: $crate::strategy::internal::Build<K>,
+            St: $crate::strategy::internal::Start<K, Req>,
+        {
+            #[inline]
+            fn start(&self, request: Option<&Req>) -> $crate::strategy::internal::Begin {
+                self.inner.start(request)
+            }
+        }
+    };
+}
+pub(crate) use inner_start;
+
 /// The key bytes of every member, in set order, for the tables built from them.
 pub(crate) fn key_bytes<K: EndpointKey, S>(members: &[Member<K, S>]) -> Vec<Cow<'_, [u8]>> {
     members.iter().map(|m| m.key.key_bytes()).collect()

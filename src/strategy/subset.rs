@@ -1,12 +1,7 @@
-use std::{borrow::Cow, cmp::Ordering, fmt, sync::atomic::AtomicUsize, sync::Arc};
+use std::{borrow::Cow, cmp::Ordering, fmt};
 
-use super::{
-    internal::{Begin, Build, Start},
-    ring::fnv1a64,
-};
-use crate::{
-    endpoints::Member, error::InvalidConfig, load::InFlight, rng::fmix64, rng::GAMMA, EndpointKey,
-};
+use super::{internal::Build, ring::fnv1a64};
+use crate::{endpoints::Member, error::InvalidConfig, rng::fmix64, rng::GAMMA, EndpointKey};
 
 /// The largest client count of a deterministic subset: the assignment takes one bit per client.
 const MAX_CLIENTS: usize = 1 << 24;
@@ -388,35 +383,15 @@ where
         self.inner.arrange(members, order);
     }
 
-    fn key_hash(&self, key: &[u8]) -> Option<u64> {
-        self.inner.key_hash(key)
-    }
-
     #[inline]
     fn settled(&self, steps: usize) {
         self.inner.settled(steps);
     }
 
-    #[inline]
-    fn track<S>(&self, member: &Member<K, S>, total: &Arc<AtomicUsize>) -> Option<InFlight> {
-        self.inner.track(member, total)
-    }
-
-    fn load_factor(&self) -> Option<f64> {
-        self.inner.load_factor()
-    }
+    super::inner_build_methods!();
 }
 
-impl<K, Req, St> Start<K, Req> for Subset<St>
-where
-    K: EndpointKey,
-    St: Start<K, Req>,
-{
-    #[inline]
-    fn start(&self, request: Option<&Req>) -> Begin {
-        self.inner.start(request)
-    }
-}
+super::inner_start!(Subset);
 
 #[cfg(test)]
 mod tests {

@@ -1,13 +1,10 @@
-use std::{
-    fmt,
-    sync::{atomic::AtomicUsize, Arc},
-};
+use std::fmt;
 
 use super::{
-    internal::{Begin, Build, Start},
+    internal::Build,
     split::{arrange_groups, check_ratio, Rule, Split},
 };
-use crate::{endpoints::Member, error::InvalidConfig, load::InFlight};
+use crate::{endpoints::Member, error::InvalidConfig};
 
 /// Envoy's default overprovisioning factor.
 const DEFAULT_OVERPROVISIONING: f64 = 1.4;
@@ -192,10 +189,6 @@ impl<K, St: Build<K>> Build<K> for Tiers<St> {
         );
     }
 
-    fn key_hash(&self, key: &[u8]) -> Option<u64> {
-        self.inner.key_hash(key)
-    }
-
     #[inline]
     fn settled(&self, steps: usize) {
         // The inner strategy's cursor only chooses tiers: each tier counts its own turns (see
@@ -203,22 +196,10 @@ impl<K, St: Build<K>> Build<K> for Tiers<St> {
         let _ = steps;
     }
 
-    #[inline]
-    fn track<S>(&self, member: &Member<K, S>, total: &Arc<AtomicUsize>) -> Option<InFlight> {
-        self.inner.track(member, total)
-    }
-
-    fn load_factor(&self) -> Option<f64> {
-        self.inner.load_factor()
-    }
+    super::inner_build_methods!();
 }
 
-impl<K, Req, St: Start<K, Req>> Start<K, Req> for Tiers<St> {
-    #[inline]
-    fn start(&self, request: Option<&Req>) -> Begin {
-        self.inner.start(request)
-    }
-}
+super::inner_start!(Tiers);
 
 #[cfg(test)]
 mod tests {

@@ -1,16 +1,16 @@
 use std::{
     fmt,
     sync::{
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicU64, Ordering},
         Arc, RwLock,
     },
 };
 
 use super::{
-    internal::{Begin, Build, Start},
+    internal::Build,
     split::{arrange_groups, check_ratio, Rule, Split},
 };
-use crate::{endpoints::Member, error::InvalidConfig, load::InFlight};
+use crate::{endpoints::Member, error::InvalidConfig};
 
 /// Envoy's `min_cluster_size`: fewer eligible endpoints than this, and zones are ignored.
 const DEFAULT_MIN_ENDPOINTS: usize = 6;
@@ -381,10 +381,6 @@ impl<K, St: Build<K>> Build<K> for ZoneAware<St> {
         });
     }
 
-    fn key_hash(&self, key: &[u8]) -> Option<u64> {
-        self.inner.key_hash(key)
-    }
-
     #[inline]
     fn settled(&self, steps: usize) {
         // The inner strategy's cursor only chooses zones: each zone counts its own turns (see
@@ -392,22 +388,10 @@ impl<K, St: Build<K>> Build<K> for ZoneAware<St> {
         let _ = steps;
     }
 
-    #[inline]
-    fn track<S>(&self, member: &Member<K, S>, total: &Arc<AtomicUsize>) -> Option<InFlight> {
-        self.inner.track(member, total)
-    }
-
-    fn load_factor(&self) -> Option<f64> {
-        self.inner.load_factor()
-    }
+    super::inner_build_methods!();
 }
 
-impl<K, Req, St: Start<K, Req>> Start<K, Req> for ZoneAware<St> {
-    #[inline]
-    fn start(&self, request: Option<&Req>) -> Begin {
-        self.inner.start(request)
-    }
-}
+super::inner_start!(ZoneAware);
 
 #[cfg(test)]
 mod tests {
