@@ -119,30 +119,27 @@ impl Counter {
     /// Adds one.
     #[inline]
     pub(crate) fn add_one(&self) {
-        let stripe = stripe();
-        let cell = &self.stripes[stripe];
-        if stripe == SHARED {
-            cell.fetch_add(1, Ordering::Relaxed);
-        } else {
-            // Only this thread writes this stripe while it owns it.
-            cell.store(
-                cell.load(Ordering::Relaxed).wrapping_add(1),
-                Ordering::Relaxed,
-            );
-        }
+        self.add(1);
     }
 
     /// Takes one back: a pick whose reservation was released before its request was sent.
     #[inline]
     pub(crate) fn sub_one(&self) {
+        // The stripes may go below zero on their own; their sum, taken wrapping, does not.
+        self.add(1u64.wrapping_neg());
+    }
+
+    /// Adds `delta`, wrapping.
+    #[inline]
+    fn add(&self, delta: u64) {
         let stripe = stripe();
         let cell = &self.stripes[stripe];
         if stripe == SHARED {
-            cell.fetch_sub(1, Ordering::Relaxed);
+            cell.fetch_add(delta, Ordering::Relaxed);
         } else {
-            // The stripes may go below zero on their own; their sum, taken wrapping, does not.
+            // Only this thread writes this stripe while it owns it.
             cell.store(
-                cell.load(Ordering::Relaxed).wrapping_sub(1),
+                cell.load(Ordering::Relaxed).wrapping_add(delta),
                 Ordering::Relaxed,
             );
         }
