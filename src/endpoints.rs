@@ -342,14 +342,7 @@ where
         if self.weight(key) == Some(weight) {
             return Ok(true);
         }
-        let mut found = false;
-        self.update(|list| {
-            if let Some(slot) = list.iter_mut().find(|m| m.key.borrow() == key) {
-                slot.weight = weight;
-                found = true;
-            }
-        });
-        Ok(found)
+        Ok(self.update_member(key, |m| m.weight = weight))
     }
 
     /// Inserts an endpoint with weight 1 in `locality`, or replaces the service and the locality
@@ -386,10 +379,20 @@ where
         if !self.contains(key) {
             return false;
         }
+        self.update_member(key, |m| m.locality = locality)
+    }
+
+    /// Applies `change` to the endpoint with this key, through [`update`](Self::update). Returns
+    /// `true` if it was in the set.
+    fn update_member<Q>(&self, key: &Q, change: impl FnOnce(&mut Member<K, S>)) -> bool
+    where
+        K: Borrow<Q>,
+        Q: PartialEq + ?Sized,
+    {
         let mut found = false;
         self.update(|list| {
-            if let Some(slot) = list.iter_mut().find(|m| m.key.borrow() == key) {
-                slot.locality = locality;
+            if let Some(member) = list.iter_mut().find(|m| m.key.borrow() == key) {
+                change(member);
                 found = true;
             }
         });
