@@ -510,6 +510,11 @@ fn balance(c: &mut Criterion) {
 
         bench_service(&mut group, "direct", Endpoint { id: 0 });
         bench_service(&mut group, "tower_lb_round_robin", round_robin(n));
+        // The same balancer while a clone of it lives (as in a server that clones it per
+        // connection): its cursor then moves with an atomic add.
+        let alone = round_robin(n);
+        let _clone = alone.clone();
+        bench_service(&mut group, "tower_lb_round_robin_cloned", alone);
         bench_service(
             &mut group,
             "tower_lb_weighted_round_robin",

@@ -1,6 +1,9 @@
 use std::{
     fmt,
-    sync::Arc,
+    sync::{
+        atomic::{self, Ordering},
+        Arc,
+    },
     task::{ready, Context, Poll, Waker},
 };
 
@@ -13,6 +16,7 @@ use crate::{
     health::{Classify, Errors, OutlierDetection},
     load::InFlight,
     retry::{Attempts, ReadAttempts, Untracked},
+    rng::Access,
     snapshot::{Cache, Current, Shared, Snapshot},
     state::EndpointState,
     stats::{self, EndpointStats, KeyMap},
@@ -197,6 +201,22 @@ where
         }
     }
 
+    /// How this balancer may move its strategy's cursors: alone when it holds the only handle on
+    /// the shared state. Clones, key maps and routing response futures are such handles; the
+    /// endpoint set's own reference is weak and never moves a cursor. A clone cannot appear
+    /// meanwhile, since making one borrows this balancer.
+    #[inline]
+    fn access(&self) -> Access {
+        if Arc::strong_count(&self.shared) == 1 {
+            // The count came down to one when the last other handle was dropped, a release: this
+            // fence orders that handle's cursor moves before this balancer's.
+            atomic::fence(Ordering::Acquire);
+            Access::Sole
+        } else {
+            Access::Shared
+        }
+    }
+
     /// The endpoint set this balancer follows: changes made through it apply to every clone.
     pub fn endpoints(&self) -> &Endpoints<K, S> {
         &self.shared.endpoints
@@ -297,9 +317,10 @@ where
         if !matches!(self.reserved, Reserved::None) {
             return Poll::Ready(Ok(()));
         }
+        let access = self.access();
         let mut start = None;
         if !self.walk.as_ref().is_some_and(|walk| walk.is_waiting()) {
-            match self.shared.strategy.start(None::<&Req>) {
+            match self.shared.strategy.start(None::<&Req>, access) {
                 Begin::At(value) => start = Some(value),
                 // A keyed strategy picks in `call`, by the request's key, and the response
                 // future drives the endpoint's readiness.
@@ -315,9 +336,9 @@ where
         let generation = shared.generation();
         let reused = self.cache.is_reused();
         let snapshot = self.cache.current(shared, reused);
-        match walk_keyless(shared, &snapshot, &mut self.walk, start, cx) {
+        match walk_keyless(shared, &snapshot, &mut self.walk, (start, access), cx) {
             Poll::Ready(Ok((found, position))) => {
-                shared.strategy.settled(found.steps);
+                shared.strategy.settled(found.steps, access);
                 if A::READS {
                     let state = &snapshot.members.list[found.index].state;
                     let version = snapshot.members.version;
@@ -382,7 +403,8 @@ where
         S::Error: Into<BoxError>,
         A: ReadAttempts<Req>,
     {
-        let hash = match self.shared.strategy.start(Some(&request)) {
+        // Keyed strategies move no cursor.
+        let hash = match self.shared.strategy.start(Some(&request), Access::Shared) {
             Begin::At(hash) => hash,
             Begin::NoKey => return ResponseFuture::failed(MissingKey::new().into()),
             // Keyed strategies always start from a request they are given.
@@ -575,7 +597,7 @@ fn walk_keyless<St, K, S, Req>(
     shared: &Shared<St, K, S>,
     snapshot: &Snapshot<St::Table, K, S>,
     walk: &mut Option<Box<Walk<S>>>,
-    start: Option<u64>,
+    (start, access): (Option<u64>, Access),
     cx: &mut Context<'_>,
 ) -> Poll<Result<(Found<S>, u64), BoxError>>
 where
@@ -599,7 +621,7 @@ where
     }
     // A new walk; or the set changed while the caller waited: pick anew over the new one (a
     // keyless strategy always starts from its own state).
-    let start = start.unwrap_or_else(|| match shared.strategy.start(None::<&Req>) {
+    let start = start.unwrap_or_else(|| match shared.strategy.start(None::<&Req>, access) {
         Begin::At(start) => start,
         Begin::AtCall | Begin::NoKey => 0,
     });

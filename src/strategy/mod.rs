@@ -200,6 +200,7 @@ impl<K, Req, T: internal::Start<K, Req>> Route<K, Req> for T {}
 /// cannot be reached from outside the crate.
 pub(crate) mod internal {
     use super::*;
+    pub(crate) use crate::rng::Access;
 
     /// What every strategy provides.
     pub trait Build<K>: Send + Sync + 'static {
@@ -230,8 +231,8 @@ pub(crate) mod internal {
         /// hands out turns spends the turns passed over, so that the endpoint after an
         /// unavailable one is not given that one's share as well.
         #[inline]
-        fn settled(&self, steps: usize) {
-            let _ = steps;
+        fn settled(&self, steps: usize, access: Access) {
+            let _ = (steps, access);
         }
 
         /// Counts a request sent to `member` as in flight until its response completes or is
@@ -265,8 +266,8 @@ pub(crate) mod internal {
         /// Where the walk starts: keyless strategies answer from their own state (a cursor, a
         /// random draw) whether or not they see the request, keyed ones from the request's key.
         /// Asked once per request, before the request is sent; `None` while the caller polls
-        /// readiness.
-        fn start(&self, request: Option<&Req>) -> Begin;
+        /// readiness. `access` says how the strategy may move its cursors.
+        fn start(&self, request: Option<&Req>, access: Access) -> Begin;
     }
 
     /// A table precomputed for one membership snapshot: the order in which a request meets the
@@ -344,7 +345,11 @@ macro_rules! keyed_start {
             E: $crate::key::RequestKey<Req> + Send + Sync + 'static,
         {
             #[inline]
-            fn start(&self, request: Option<&Req>) -> $crate::strategy::internal::Begin {
+            fn start(
+                &self,
+                request: Option<&Req>,
+                _access: $crate::rng::Access,
+            ) -> $crate::strategy::internal::Begin {
                 use $crate::strategy::internal::Begin;
                 match request {
                     None => Begin::AtCall,
@@ -394,8 +399,12 @@ macro_rules! inner_start {
             St: $crate::strategy::internal::Start<K, Req>,
         {
             #[inline]
-            fn start(&self, request: Option<&Req>) -> $crate::strategy::internal::Begin {
-                self.inner.start(request)
+            fn start(
+                &self,
+                request: Option<&Req>,
+                access: $crate::rng::Access,
+            ) -> $crate::strategy::internal::Begin {
+                self.inner.start(request, access)
             }
         }
     };

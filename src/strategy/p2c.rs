@@ -5,7 +5,7 @@ use std::{
 };
 
 use super::{
-    internal::{Begin, Build, Start, Table},
+    internal::{Access, Begin, Build, Start, Table},
     DRAWS,
 };
 use crate::{
@@ -305,7 +305,7 @@ impl<K> Build<K> for PowerOfTwoChoices {
 
 impl<K, Req> Start<K, Req> for PowerOfTwoChoices {
     #[inline]
-    fn start(&self, _request: Option<&Req>) -> Begin {
+    fn start(&self, _request: Option<&Req>, _access: Access) -> Begin {
         Begin::At(self.rng.next())
     }
 }

@@ -1,7 +1,7 @@
 use std::fmt;
 
 use super::{
-    internal::{Begin, Build, Start, Table},
+    internal::{Access, Begin, Build, Start, Table},
     DRAWS,
 };
 use crate::{
@@ -174,7 +174,7 @@ impl<K> Build<K> for Random {
 
 impl<K, Req> Start<K, Req> for Random {
     #[inline]
-    fn start(&self, _request: Option<&Req>) -> Begin {
+    fn start(&self, _request: Option<&Req>, _access: Access) -> Begin {
         Begin::At(self.rng.next())
     }
 }

@@ -1,6 +1,6 @@
 use std::fmt;
 
-use super::internal::{Begin, Build, Start, Table};
+use super::internal::{Access, Begin, Build, Start, Table};
 use crate::{ejection::Health, endpoints::Member, rng::Cursor};
 
 /// Sends each request to the next endpoint in set order, with one cursor shared by every clone of
@@ -78,17 +78,17 @@ impl<K> Build<K> for RoundRobin {
     }
 
     #[inline]
-    fn settled(&self, steps: usize) {
+    fn settled(&self, steps: usize, access: Access) {
         if steps != 0 {
-            self.cursor.skip(steps);
+            self.cursor.skip(steps, access);
         }
     }
 }
 
 impl<K, Req> Start<K, Req> for RoundRobin {
     #[inline]
-    fn start(&self, _request: Option<&Req>) -> Begin {
-        Begin::At(self.cursor.next() as u64)
+    fn start(&self, _request: Option<&Req>, access: Access) -> Begin {
+        Begin::At(self.cursor.next(access) as u64)
     }
 }
 

@@ -34,7 +34,7 @@ use crate::{
     ejection::Health,
     endpoints::Member,
     error::InvalidConfig,
-    rng::{Cursor, Rng},
+    rng::{Access, Cursor, Rng},
 };
 
 /// Shares are fixed-point fractions of this.
@@ -300,7 +300,7 @@ impl<T: Table, R: Rule> Table for Split<T, R> {
             return 0;
         };
         let local = if group.table.turns() {
-            self.turns[g].next() as u64
+            self.turns[g].next(Access::Shared) as u64
         } else {
             value
         };
@@ -328,7 +328,7 @@ impl<T: Table, R: Rule> Table for Split<T, R> {
         if g == first && step_in_group > 0 && group.table.turns() {
             // The turn passed over is spent, so that the endpoint after an unavailable one does
             // not also take its share.
-            self.turns[g].skip(1);
+            self.turns[g].skip(1, Access::Shared);
         }
         let range = &members[group.start..group.start + group.len];
         let index = group.start + group.table.candidate(range, health, inner, step_in_group);

@@ -1,6 +1,9 @@
 use std::{borrow::Cow, cmp::Ordering, fmt};
 
-use super::{internal::Build, ring::fnv1a64};
+use super::{
+    internal::{Access, Build},
+    ring::fnv1a64,
+};
 use crate::{endpoints::Member, error::InvalidConfig, rng::fmix64, rng::GAMMA, EndpointKey};
 
 /// The largest client count of a deterministic subset: the assignment takes one bit per client.
@@ -384,8 +387,8 @@ where
     }
 
     #[inline]
-    fn settled(&self, steps: usize) {
-        self.inner.settled(steps);
+    fn settled(&self, steps: usize, access: Access) {
+        self.inner.settled(steps, access);
     }
 
     super::inner_build_methods!();

@@ -7,7 +7,7 @@ use std::{
 };
 
 use super::{
-    internal::Build,
+    internal::{Access, Build},
     split::{arrange_groups, check_ratio, Rule, Split},
 };
 use crate::{endpoints::Member, error::InvalidConfig};
@@ -382,10 +382,10 @@ impl<K, St: Build<K>> Build<K> for ZoneAware<St> {
     }
 
     #[inline]
-    fn settled(&self, steps: usize) {
+    fn settled(&self, steps: usize, access: Access) {
         // The inner strategy's cursor only chooses zones: each zone counts its own turns (see
         // the split's docs), so passed-over turns are spent there.
-        let _ = steps;
+        let _ = (steps, access);
     }
 
     super::inner_build_methods!();

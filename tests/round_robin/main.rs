@@ -53,6 +53,34 @@ fn thousand_clones_on_two_threads_split_exactly() {
     assert_eq!(calls, [1000, 1000, 1000]);
 }
 
+/// A balancer alone on its set moves the cursor without an atomic add; once a clone exists, both
+/// must add atomically, and after the clone is gone its turns must be seen. Lost or repeated turns
+/// would leave the counts unequal.
+#[test]
+fn rotation_stays_exact_as_a_balancer_gains_and_loses_clones() {
+    let endpoints = mocks(["1", "2", "3"]);
+    let mut svc = balance(&endpoints);
+    let requests = |svc: &mut Balance<RoundRobin, &'static str, Mock>, count: usize| {
+        tokio_test::block_on(async {
+            for _ in 0..count {
+                svc.ready().await.unwrap().call(()).await.unwrap();
+            }
+        })
+    };
+
+    for round in 0..20 {
+        // Alone: 3 requests, then one clone on another thread while this one goes on.
+        requests(&mut svc, 3);
+        let mut clone = svc.clone();
+        thread::scope(|scope| {
+            scope.spawn(move || requests(&mut clone, 1_500));
+            requests(&mut svc, 1_500);
+        });
+        let calls: Vec<usize> = endpoints.iter().map(Mock::calls).collect();
+        assert_eq!(calls, [1_001 * (round + 1); 3], "after round {round}");
+    }
+}
+
 #[tokio::test]
 async fn distinct_balancers_from_one_layer_rotate_independently() {
     let layer = BalanceLayer::new(RoundRobin::new());
