@@ -3,7 +3,7 @@ use std::fmt;
 use super::{
     internal::{wrap, Build, Table},
     placement::Placement,
-    ring::Ring,
+    ring::{Crc32, Ring},
 };
 use crate::{ejection::Health, endpoints::Member, error::InvalidConfig, EndpointKey};
 
@@ -85,6 +85,7 @@ pub struct ConsistentHash<E> {
     points_per_weight: u32,
     load_factor: Option<f64>,
     placement: Placement,
+    crc: Crc32,
 }
 
 impl<E> ConsistentHash<E> {
@@ -99,6 +100,7 @@ impl<E> ConsistentHash<E> {
             points_per_weight: DEFAULT_POINTS_PER_WEIGHT,
             load_factor: None,
             placement: Placement::Native,
+            crc: Crc32::default(),
         }
     }
 
@@ -220,7 +222,7 @@ impl<E> ConsistentHash<E> {
     /// hashes it.
     #[inline]
     fn hash_key(&self, key: &[u8]) -> u64 {
-        self.placement.key_hash(key)
+        self.placement.key_hash(&self.crc, key)
     }
 }
 

@@ -1,6 +1,9 @@
 use std::fmt;
 
-use super::internal::{wrap, Build, Table};
+use super::{
+    internal::{wrap, Build, Table},
+    ring::Crc32,
+};
 use crate::{ejection::Health, endpoints::Member, EndpointKey};
 
 /// Routes each request by the crc32 (IEEE) of its key, modulo the number of endpoints: the same
@@ -60,6 +63,7 @@ use crate::{ejection::Health, endpoints::Member, EndpointKey};
 #[derive(Clone)]
 pub struct Hash<E> {
     key: E,
+    crc: Crc32,
 }
 
 impl<E> Hash<E> {
@@ -68,7 +72,10 @@ impl<E> Hash<E> {
     /// A request without a key fails with [`MissingKey`](crate::error::MissingKey) unless the
     /// extractor has a default ([`RequestKey::or`](crate::key::RequestKey::or)).
     pub fn new(key: E) -> Self {
-        Self { key }
+        Self {
+            key,
+            crc: Crc32::default(),
+        }
     }
 }
 
@@ -76,7 +83,7 @@ impl<E> Hash<E> {
     /// The start of a key's walk: its crc32.
     #[inline]
     fn hash_key(&self, key: &[u8]) -> u64 {
-        u64::from(crc32fast::hash(key))
+        u64::from(self.crc.hash(key))
     }
 }
 

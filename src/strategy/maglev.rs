@@ -2,7 +2,7 @@ use std::fmt;
 
 use super::{
     internal::{wrap, Build, Table},
-    ring::{fnv1a64, key_hash},
+    ring::{fnv1a64, Crc32},
 };
 use crate::{ejection::Health, endpoints::Member, error::InvalidConfig, rng::fmix64, EndpointKey};
 
@@ -60,6 +60,7 @@ const MAX_TABLE_SIZE: usize = 1 << 24;
 pub struct Maglev<E> {
     key: E,
     table_size: usize,
+    crc: Crc32,
 }
 
 impl<E> Maglev<E> {
@@ -72,6 +73,7 @@ impl<E> Maglev<E> {
         Self {
             key,
             table_size: DEFAULT_TABLE_SIZE,
+            crc: Crc32::default(),
         }
     }
 
@@ -240,7 +242,7 @@ impl<E> Maglev<E> {
     /// The start of a key's walk: its crc32, spread over 64 bits.
     #[inline]
     fn hash_key(&self, key: &[u8]) -> u64 {
-        key_hash(key)
+        self.crc.key_hash(key)
     }
 }
 

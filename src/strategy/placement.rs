@@ -5,7 +5,7 @@ use std::{borrow::Cow, io::Write as _, net::SocketAddr};
 
 use md5::{Digest as _, Md5};
 
-use super::ring::{self, Ring, MAX_POINTS};
+use super::ring::{Crc32, Ring, MAX_POINTS};
 use crate::error::InvalidConfig;
 
 /// nginx's and pingora-ketama's points per unit of weight, and libketama's per server of mean
@@ -192,10 +192,10 @@ impl Placement {
 
     /// The ring position of a request key. Linear in the key's length; no allocation.
     #[inline]
-    pub(crate) fn key_hash(self, key: &[u8]) -> u64 {
+    pub(crate) fn key_hash(self, crc: &Crc32, key: &[u8]) -> u64 {
         match self {
-            Self::Native => ring::key_hash(key),
-            Self::Nginx | Self::PingoraKetama => position(crc32fast::hash(key)),
+            Self::Native => crc.key_hash(key),
+            Self::Nginx | Self::PingoraKetama => position(crc.hash(key)),
             Self::Libketama => position(md5_prefix(key)),
         }
     }
@@ -471,9 +471,13 @@ mod tests {
     fn libketama_key_hash_is_the_first_word_of_md5() {
         // md5("") = d41d8cd98f00b204e9800998ecf8427e
         assert_eq!(md5_prefix(b""), 0xd98c_1dd4);
-        assert_eq!(Placement::Libketama.key_hash(b""), 0xd98c_1dd4_u64 << 32);
+        let crc = Crc32::default();
         assert_eq!(
-            Placement::Nginx.key_hash(b"key"),
+            Placement::Libketama.key_hash(&crc, b""),
+            0xd98c_1dd4_u64 << 32
+        );
+        assert_eq!(
+            Placement::Nginx.key_hash(&crc, b"key"),
             u64::from(crc32fast::hash(b"key")) << 32
         );
     }

@@ -12,6 +12,10 @@ use crate::{ejection::Health, endpoints::Member, rng::Cursor};
 ///
 /// When the set changes, the rotation continues from the same cursor over the new set.
 ///
+/// The cursor moves with an atomic add while clones of the balancer exist. A balancer that is the
+/// only handle on its set (not cloned, or every clone dropped) moves it with a plain load and
+/// store, a few nanoseconds less per request; the rotation is exact either way.
+///
 /// # Unavailable endpoints
 ///
 /// An endpoint that is ejected, passes its turn in slow start, or is not ready (pending, or its

@@ -16,7 +16,9 @@ const MAX_SCHEDULE_WORK: u64 = 1 << 24;
 /// divided by their greatest common divisor, so `{2, 4, 6}` behaves as `{1, 2, 3}`.
 ///
 /// The sequence is precomputed into a schedule whenever the set changes, and requests walk it with
-/// one atomic cursor shared by all clones of the balancer: picking is O(1), without locks.
+/// one atomic cursor shared by all clones of the balancer: picking is O(1), without locks. (A
+/// balancer that is the only handle on its set moves the cursor without the atomic add, as
+/// [`RoundRobin`](super::RoundRobin) does.)
 ///
 /// # Unavailable endpoints
 ///
