@@ -12,7 +12,10 @@
 //! One criterion group per endpoint count N (3, 100, 1000), each holding:
 //!
 //! - `direct`: one endpoint called directly, the floor;
-//! - `tower_lb_round_robin`: a `tower_lb::Balance` with `RoundRobin`;
+//! - `tower_lb_round_robin`: a `tower_lb::Balance` with `RoundRobin`, the only handle on its set,
+//!   so that it moves the cursor with a plain load and store;
+//! - `tower_lb_round_robin_cloned`: the same while a clone of it lives (as in a server that clones
+//!   the balancer per connection), so that it moves the cursor with an atomic add;
 //! - `tower_lb_weighted_round_robin`: a `tower_lb::Balance` with `WeightedRoundRobin`, over weights
 //!   `1 + i % 5`;
 //! - `tower_lb_subset_round_robin`: `Subset::deterministic(RoundRobin::new(), 16, 7, 100)`, round
