@@ -139,14 +139,15 @@ use std::{
 };
 
 use criterion::{
-    criterion_group, criterion_main, measurement::WallTime, BenchmarkGroup, Criterion, Throughput,
+    criterion_group, criterion_main, measurement::WallTime, BatchSize, BenchmarkGroup, Criterion,
+    Throughput,
 };
 use futures_util::task::noop_waker_ref;
 use http::{
     header::{HeaderName, HeaderValue},
     Request,
 };
-use support::{bench_requests, request, Endpoint};
+use support::{request, Endpoint};
 use tokio::runtime::{Builder, Runtime};
 use tower::{
     balance::p2c,
@@ -173,6 +174,8 @@ const SIZES: [usize; 3] = [3, 100, 1000];
 const THREADS_N: usize = 100;
 /// How many distinct request keys the keyed benchmarks cycle through; a power of two.
 const KEYS: usize = 1024;
+/// Requests built ahead of each timed batch of the keyed benchmarks.
+const BATCH: u64 = 1024;
 /// The header carrying the request key.
 const KEY_HEADER: HeaderName = HeaderName::from_static("x-user");
 /// The bound of tower's `Buffer`: requests queued before callers see backpressure.
@@ -288,6 +291,26 @@ fn keyed_request(key: &HeaderValue) -> Request<()> {
     let mut request = Request::new(());
     request.headers_mut().insert(KEY_HEADER, key.clone());
     request
+}
+
+/// Times whole requests through `service`, their keys cycling through `keys`; the requests are
+/// built before each batch, out of the timing, and dropped after it with the responses.
+fn bench_requests<S>(group: &mut Wall<'_>, name: &str, keys: &[HeaderValue], mut service: S)
+where
+    S: Service<Request<()>>,
+    S::Error: Debug,
+{
+    group.bench_function(name, |b| {
+        let mut i = 0;
+        b.iter_batched(
+            || {
+                i = (i + 1) & (KEYS - 1);
+                keyed_request(&keys[i])
+            },
+            |req| request(&mut service, req),
+            BatchSize::NumIterations(BATCH),
+        )
+    });
 }
 
 /// tower's p2c balancer over `n` endpoints wrapped by `wrap`, its discovery fully processed so
@@ -581,32 +604,23 @@ fn balance(c: &mut Criterion) {
 
         bench_service(&mut group, "tower_lb_random", random(n));
 
-        bench_requests(
-            &mut group,
-            "direct_request",
-            &keys,
-            keyed_request,
-            Endpoint { id: 0 },
-        );
+        bench_requests(&mut group, "direct_request", &keys, Endpoint { id: 0 });
         bench_requests(
             &mut group,
             "tower_lb_hash",
             &keys,
-            keyed_request,
             keyed(Hash::new(key_header()), n),
         );
         bench_requests(
             &mut group,
             "tower_lb_consistent_hash",
             &keys,
-            keyed_request,
             keyed(ConsistentHash::new(key_header()), n),
         );
         bench_requests(
             &mut group,
             "tower_lb_maglev",
             &keys,
-            keyed_request,
             keyed(Maglev::new(key_header()), n),
         );
 

@@ -1,5 +1,4 @@
-//! What the benches share: an always-ready endpoint, one request driven to completion by hand,
-//! and whole keyed requests timed in batches.
+//! What the benches share: an always-ready endpoint, and one request driven to completion by hand.
 
 use std::{
     convert::Infallible,
@@ -10,7 +9,6 @@ use std::{
     task::{Context, Poll},
 };
 
-use criterion::{measurement::WallTime, BatchSize, BenchmarkGroup};
 use futures_util::task::noop_waker_ref;
 use http::Request;
 use tower_service::Service;
@@ -72,33 +70,4 @@ where
         Poll::Ready(Err(e)) => panic!("request failed: {e:?}"),
         Poll::Pending => panic!("response is pending"),
     }
-}
-
-/// How many requests a batch of [`bench_requests`] builds before it is timed.
-pub const BATCH: u64 = 1024;
-
-/// Times whole requests through `service`, made by `make` from `keys` taken in turn; the requests
-/// are built before each batch of [`BATCH`], out of the timing, and dropped after it with the
-/// responses.
-pub fn bench_requests<K, S>(
-    group: &mut BenchmarkGroup<'_, WallTime>,
-    name: &str,
-    keys: &[K],
-    make: impl Fn(&K) -> Request<()>,
-    mut service: S,
-) where
-    S: Service<Request<()>>,
-    S::Error: Debug,
-{
-    group.bench_function(name, |b| {
-        let mut i = 0;
-        b.iter_batched(
-            || {
-                i = (i + 1) % keys.len();
-                make(&keys[i])
-            },
-            |req| request(&mut service, req),
-            BatchSize::NumIterations(BATCH),
-        )
-    });
 }

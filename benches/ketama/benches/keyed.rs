@@ -80,6 +80,7 @@ mod support;
 
 use std::{
     collections::HashSet,
+    fmt::Debug,
     hint::black_box,
     net::{Ipv4Addr, SocketAddr},
     time::Duration,
@@ -88,18 +89,21 @@ use std::{
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkGroup, Criterion};
 use http::{header::HeaderName, Request};
 use pingora_ketama::{Bucket, Continuum};
-use support::{bench_requests, request, Endpoint};
+use support::{request, Endpoint};
 use tower_layer::Layer;
 use tower_lb::{
     key::{self, Header},
     strategy::{ConsistentHash, Hash, Maglev, Placement, Strategy},
     Balance, BalanceLayer, EndpointKey, Endpoints,
 };
+use tower_service::Service;
 
 /// Endpoint counts, one criterion group each.
 const SIZES: [usize; 3] = [10, 100, 1000];
 /// How many distinct request keys the lookups cycle through; a power of two.
 const KEYS: usize = 1024;
+/// Requests built ahead of each timed batch of the request benchmarks.
+const BATCH: u64 = 1024;
 /// The header carrying the request key.
 const KEY_HEADER: &str = "x-user";
 
@@ -164,6 +168,26 @@ fn bench_lookup<R>(group: &mut Wall<'_>, name: &str, keys: &[String], lookup: im
             i = (i + 1) & (KEYS - 1);
             black_box(lookup(black_box(keys[i].as_bytes())))
         })
+    });
+}
+
+/// Times whole requests through `service`, their keys cycling through `keys`; the requests are
+/// built before each batch, out of the timing.
+fn bench_requests<S>(group: &mut Wall<'_>, name: &str, keys: &[String], mut service: S)
+where
+    S: Service<Request<()>>,
+    S::Error: Debug,
+{
+    group.bench_function(name, |b| {
+        let mut i = 0;
+        b.iter_batched(
+            || {
+                i = (i + 1) & (KEYS - 1);
+                keyed_request(&keys[i])
+            },
+            |req| request(&mut service, req),
+            BatchSize::NumIterations(BATCH),
+        )
     });
 }
 
@@ -278,35 +302,16 @@ fn keyed(c: &mut Criterion) {
             continuum.node(key)
         });
 
-        bench_requests(
-            &mut group,
-            "direct_request",
-            &keys,
-            |key: &String| keyed_request(key),
-            Endpoint { id: 0 },
-        );
-        bench_requests(
-            &mut group,
-            "tower_lb_hash_request",
-            &keys,
-            |key: &String| keyed_request(key),
-            hash(n),
-        );
+        bench_requests(&mut group, "direct_request", &keys, Endpoint { id: 0 });
+        bench_requests(&mut group, "tower_lb_hash_request", &keys, hash(n));
         bench_requests(
             &mut group,
             "tower_lb_consistent_hash_request",
             &keys,
-            |key: &String| keyed_request(key),
             consistent_hash(n),
         );
 
-        bench_requests(
-            &mut group,
-            "tower_lb_maglev_request",
-            &keys,
-            |key: &String| keyed_request(key),
-            maglev(n),
-        );
+        bench_requests(&mut group, "tower_lb_maglev_request", &keys, maglev(n));
 
         group.finish();
     }
