@@ -77,30 +77,42 @@ pub(crate) fn failure(error: &(dyn Error + 'static)) -> Failure {
         if cause.is::<tonic::TimeoutExpired>() {
             return Failure::Elapsed;
         }
-        #[cfg(feature = "hyper-util")]
-        if cause
-            .downcast_ref::<hyper_util::client::legacy::Error>()
-            .is_some_and(|e| e.is_connect())
-        {
-            return Failure::Connect {
-                timed_out: timed_out(),
-            };
-        }
-        #[cfg(feature = "tonic")]
-        if cause.is::<tonic::ConnectError>() {
-            return Failure::Connect {
-                timed_out: timed_out(),
-            };
-        }
-        if let Some(io) = cause.downcast_ref::<io::Error>() {
-            if io.kind() == io::ErrorKind::ConnectionRefused {
-                return Failure::Connect { timed_out: false };
-            }
+        if let Some(failure) = connect_failure(cause, timed_out) {
+            return failure;
         }
     }
     Failure::Exchange {
         timed_out: timed_out(),
     }
+}
+
+/// A failure to connect, if `cause` is one: a client's connect error (whether the connection
+/// timed out is told by `timed_out`, which reads the whole chain), or a refused connection.
+// Without a client feature, only the refused connection is told, which needs no `timed_out`.
+#[cfg_attr(
+    not(any(feature = "hyper-util", feature = "tonic")),
+    allow(unused_variables)
+)]
+fn connect_failure(cause: &(dyn Error + 'static), timed_out: impl Fn() -> bool) -> Option<Failure> {
+    #[cfg(feature = "hyper-util")]
+    if cause
+        .downcast_ref::<hyper_util::client::legacy::Error>()
+        .is_some_and(|e| e.is_connect())
+    {
+        return Some(Failure::Connect {
+            timed_out: timed_out(),
+        });
+    }
+    #[cfg(feature = "tonic")]
+    if cause.is::<tonic::ConnectError>() {
+        return Some(Failure::Connect {
+            timed_out: timed_out(),
+        });
+    }
+    let refused = cause
+        .downcast_ref::<io::Error>()
+        .is_some_and(|io| io.kind() == io::ErrorKind::ConnectionRefused);
+    refused.then_some(Failure::Connect { timed_out: false })
 }
 
 /// `error` and its sources, outermost first.

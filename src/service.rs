@@ -10,6 +10,7 @@ use std::{
 use tower_service::Service;
 
 use crate::{
+    ejection::Health,
     endpoints::Endpoints,
     error::{BoxError, MissingKey, NotReady},
     future::ResponseFuture,
@@ -24,7 +25,7 @@ use crate::{
         internal::{Begin, Start},
         Route, Strategy,
     },
-    walker::{self, Accounting, First, Found, Membership, Routing, Set, Walk},
+    walker::{self, Accounting, Candidates, First, Found, Membership, Probed, Routing, Set, Walk},
 };
 
 /// How many endpoints a request tries by default before the balancer waits or fails.
@@ -634,23 +635,42 @@ where
             return Poll::Ready(Err(error));
         }
     };
-    let probed = match walker::first(cx, snapshot, health, None, position) {
-        First::Found(found) => return Poll::Ready(Ok((found, position))),
-        First::WalkOn(probed) => probed,
-    };
-    // Not found at once: the walk goes on, in the clone's own walk if it made one already,
-    // otherwise on the stack, boxed only if the caller has to wait.
-    let (start, max_tries) = ((position, version), shared.max_tries);
+    match walker::first(cx, snapshot, health, None, position) {
+        First::Found(found) => Poll::Ready(Ok((found, position))),
+        First::WalkOn(probed) => {
+            let start = ((position, version), shared.max_tries);
+            walk_on(walk, cx, snapshot, health, start, probed)
+                .map(|found| found.map(|found| (found, position)))
+        }
+    }
+}
+
+/// A keyless walk whose first step found nothing ready at once goes on from `start` (position and
+/// version, then the bound on tries): in the clone's own walk if it made one already, otherwise
+/// on the stack, boxed only if the caller has to wait. Out of line: the common case never walks on.
+#[inline(never)]
+fn walk_on<S, Req, C>(
+    walk: &mut Option<Box<Walk<S>>>,
+    cx: &mut Context<'_>,
+    set: &C,
+    health: Option<&Health>,
+    (start, max_tries): ((u64, u64), usize),
+    probed: Option<Probed<S>>,
+) -> Poll<Result<Found<S>, BoxError>>
+where
+    S: Service<Req> + Clone,
+    S::Error: Into<BoxError>,
+    C: Candidates<S> + ?Sized,
+{
     let (found, error) = match walk {
         Some(walk) => {
-            let found = ready!(walk.go_on(cx, snapshot, health, start, max_tries, probed));
+            let found = ready!(walk.go_on(cx, set, health, start, max_tries, probed));
             let error = found.is_none().then(|| walk.take_error());
             (found, error)
         }
         None => {
-            let mut local = Walk::new(position, version, None);
-            let Poll::Ready(found) = local.go_on(cx, snapshot, health, start, max_tries, probed)
-            else {
+            let mut local = Walk::new(start.0, start.1, None);
+            let Poll::Ready(found) = local.go_on(cx, set, health, start, max_tries, probed) else {
                 *walk = Some(Box::new(local));
                 return Poll::Pending;
             };
@@ -658,10 +678,7 @@ where
             (found, error)
         }
     };
-    Poll::Ready(match found {
-        Some(found) => Ok((found, position)),
-        None => Err(error.unwrap_or_else(|| NotReady::new().into())),
-    })
+    Poll::Ready(found.ok_or_else(|| error.unwrap_or_else(|| NotReady::new().into())))
 }
 
 /// Reserves a candidate that a walk found ready: its clone, with its accounting filled in
